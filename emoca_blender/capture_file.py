@@ -16,11 +16,15 @@ interpolated   (N,)  bool   values were filled across a short gap, not measured
 timestamps     (N,)  f8     seconds from the start of the video
 bbox           (N,4) f4     face box in pixels: x0, y0, x1, y1
 landmarks2d    (N,L,2) f4   image landmarks in pixels (MediaPipe: L = 478)
-landmarks3d    (N,L,3) f4   metric landmarks in the head's frame (cm, +Y up, +Z out)
-head_rotation  (N,3) f4     axis-angle, camera from head (OpenCV camera axes)
-head_translation (N,3) f4   camera-space translation (cm)
-jaw            (N,3) f4     axis-angle of the jaw, head frame
-eyes           (N,2,3) f4   axis-angle gaze of the left and right eye, head frame
+landmarks3d    (N,L,3) f4   landmarks in the head's frame, metres, expression only
+                            (head pose removed; +X subject's left, +Y up, +Z out of face)
+head_rotation  (N,3) f4     axis-angle R of the head: camera_point = R @ head_point + t,
+                            camera axes x right, y up, z towards the viewer (OpenGL), so
+                            zero = facing the camera; head axes as for landmarks3d
+head_translation (N,3) f4   t above, metres
+jaw            (N,3) f4     axis-angle of the jaw about its joint, head frame
+                            (+rx opens the mouth, as in FLAME)
+eyes           (N,2,3) f4   axis-angle gaze of the subject's left and right eye, head frame
 blinks         (N,2) f4     eye closure of the left and right eye in [0, 1]
 expression     (N,K) f4     the head model's own expression coefficients
 arkit          (N,52) f4    ARKit weights in [0, 1] (filtered)

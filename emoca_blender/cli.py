@@ -1,0 +1,292 @@
+"""Command line: ``python -m emoca_blender {capture,rig,retarget,export,run,info}``.
+
+``capture`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and ``run`` use
+the ``bpy`` module (installed in the project's .venv by ``make``).
+
+Exit codes: 0 success, 2 bad input (one line on stderr saying what and how to fix it),
+1 internal error, 130 cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _blender_side(name: str):
+    """Import a Blender-side module (``operators.<name>``), both when this package is the
+    top-level ``emoca_blender`` (CLI, tests) and when it sits inside the installed extension."""
+    parent = __package__.rpartition(".")[0]
+    if parent:
+        return importlib.import_module(f"{parent}.operators.{name}")
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(f"operators.{name}")
+
+
+def _bad_input_types():
+    from .capture_file import CaptureError
+    from .errors import BadInput
+    from .head_model import HeadModelError
+
+    return (BadInput, CaptureError, HeadModelError)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def _capture_settings(args):
+    from .pipeline import CaptureSettings
+
+    return CaptureSettings(backend=args.backend, filter_strength=args.filter,
+                           max_gap=args.max_gap, face_index=args.face_index,
+                           start=args.start, end=args.end, device=args.device)
+
+
+def _cache_dir(args):
+    from .pipeline import DEFAULT_CACHE
+
+    if args.no_cache:
+        return None
+    return Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
+
+
+def cmd_capture(args, progress) -> int:
+    from .pipeline import run_capture
+
+    res = run_capture(args.video, args.output, _capture_settings(args), progress,
+                      cache_dir=_cache_dir(args), cancel=_cancel_requested)
+    cap = res.capture
+    valid = int(cap["valid"].sum())
+    progress.done(output=str(res.path), frames=cap.n_frames, valid=valid, cached=res.cached)
+    if progress.mode != "json":
+        how = "from cache" if res.cached else f"in {res.timings.get('total', 0):.1f} s"
+        print(f"wrote {res.path} ({cap.n_frames} frames, face in {valid}, {how})")
+    return EXIT_OK
+
+
+def cmd_info(args, progress) -> int:
+    from . import capture_file
+
+    cap = capture_file.load_capture(args.capture)
+    if args.json:
+        print(json.dumps(cap.meta, indent=2, default=str))
+    else:
+        print(capture_file.describe(cap))
+    return EXIT_OK
+
+
+def _load_capture(path):
+    from . import capture_file
+
+    return capture_file.load_capture(path)
+
+
+def _check_writable(path: Path):
+    from .errors import BadInput
+
+    folder = path.parent
+    if not folder.is_dir():
+        raise BadInput(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"output folder {folder} is not writable")
+
+
+def cmd_rig(args, progress) -> int:
+    scene = _blender_side("cli_scene")
+    out = Path(args.output)
+    _check_writable(out)
+    cap = _load_capture(args.capture)
+    scene.new_scene()
+    scene.build_actor(cap, model_path=args.model)
+    scene.save_blend(out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_retarget(args, progress) -> int:
+    scene = _blender_side("cli_scene")
+    out = Path(args.output)
+    _check_writable(out)
+    cap = _load_capture(args.capture)
+    scene.new_scene()
+    summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start)
+    scene.save_blend(out)
+    print(f"wrote {out} ({summary})")
+    return EXIT_OK
+
+
+def cmd_export(args, progress) -> int:
+    scene = _blender_side("cli_scene")
+    out = Path(args.output)
+    _check_writable(out)
+    path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_run(args, progress) -> int:
+    from .pipeline import output_path, run_capture
+
+    scene = _blender_side("cli_scene")
+    out_dir = Path(args.out_dir)
+    from .errors import BadInput
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    if not out_dir.exists():
+        try:
+            out_dir.mkdir(parents=True)
+        except OSError as e:
+            raise BadInput(f"cannot create output folder {out_dir} ({e.strerror})") from None
+    name = args.name or Path(args.video).stem
+    cap_path = output_path(out_dir / name)
+    t0 = time.perf_counter()
+    res = run_capture(args.video, cap_path, _capture_settings(args), progress,
+                      cache_dir=_cache_dir(args), cancel=_cancel_requested)
+    if progress.mode == "json":
+        progress.stage("scene", 3)
+    report = scene.run_job(res.capture, out_dir, name, character=args.character,
+                           frame_start=args.frame_start)
+    report["capture"] = str(res.path)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    progress.done(**report)
+    if progress.mode != "json":
+        for k in ("capture", "blend", "fbx"):
+            if k in report:
+                print(f"wrote {report[k]}")
+        print(f"{report.get('frames')} frames, face in {report.get('valid')}, "
+              f"{report.get('mapped')} shape-key channels mapped, {report['seconds']} s")
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------------
+
+def _add_capture_options(p):
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", default="mediapipe", choices=sorted(BACKENDS),
+                   help="capture backend (default: mediapipe, bundled)")
+    p.add_argument("--filter", type=float, default=0.5, metavar="S",
+                   help="temporal filter strength in [0,1], 0 = off (default 0.5)")
+    p.add_argument("--max-gap", type=int, default=5, metavar="N",
+                   help="interpolate gaps of at most N frames without a face (default 5)")
+    p.add_argument("--face-index", type=int, default=0, metavar="I",
+                   help="which face to track when several are present: 0 = largest (default)")
+    p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    p.add_argument("--end", type=int, default=None, help="stop before this frame")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device for GPU backends (default auto)")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not fill the cache")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/emoca_blender)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m emoca_blender",
+        description="Video of an actor -> facial capture -> rig, retarget and export (Blender).")
+    ap.add_argument("--version", action="version", version=f"emoca_blender {__version__}")
+    ap.add_argument("--progress", default="auto", choices=("auto", "bar", "json", "none"),
+                    help="progress output: a bar on a terminal, json lines for Blender's worker")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("capture", help="capture a video into a .capture.npz",
+                       description="Track the face in VIDEO and write one Capture file.")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="output NAME.capture.npz")
+    _add_capture_options(p)
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("rig", help="build the animated head rig of a capture (.blend)",
+                       description="Build the head model rig with expression shape keys and "
+                                   "bones, animated by the capture, and save it as a .blend.")
+    p.add_argument("capture")
+    p.add_argument("-o", "--output", required=True, help="output .blend")
+    p.add_argument("--model", default=None, help="head model .npz (default: the bundled open model)")
+    p.set_defaults(func=cmd_rig)
+
+    p = sub.add_parser("retarget", help="bake a capture onto a character (.blend)",
+                       description="Bake the capture's ARKit, jaw, head and eye curves onto a "
+                                   "character as plain keyframes and save a .blend.")
+    p.add_argument("capture")
+    p.add_argument("-o", "--output", required=True, help="output .blend")
+    p.add_argument("--character", default="sample",
+                   help="'sample' (bundled character) or a .blend/.fbx holding the character")
+    p.add_argument("--frame-start", type=int, default=1)
+    p.set_defaults(func=cmd_retarget)
+
+    p = sub.add_parser("export", help="export the animated objects of a .blend to FBX",
+                       description="Export a .blend's animated meshes and armatures to FBX and "
+                                   "verify the file by importing it back.")
+    p.add_argument("blend")
+    p.add_argument("-o", "--output", required=True, help="output .fbx")
+    p.add_argument("--objects", nargs="*", default=None, help="object names (default: all animated)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run", help="the whole job: capture, rig, retarget, export",
+                       description="Capture VIDEO, build the actor rig, retarget onto the "
+                                   "character, and write NAME.capture.npz, NAME.blend and "
+                                   "NAME.fbx into the output folder.")
+    p.add_argument("video")
+    p.add_argument("-o", "--out-dir", default="out", help="output folder (default out/)")
+    p.add_argument("--name", default=None, help="base name of the outputs (default: video stem)")
+    p.add_argument("--character", default="sample",
+                   help="'sample' (bundled character) or a .blend/.fbx holding the character")
+    p.add_argument("--frame-start", type=int, default=1)
+    _add_capture_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("info", help="describe a capture file")
+    p.add_argument("capture")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+_CANCEL = {"flag": False}
+
+
+def _cancel_requested() -> bool:
+    return _CANCEL["flag"]
+
+
+def _on_signal(signum, frame):  # noqa: ARG001
+    _CANCEL["flag"] = True
+
+
+def main(argv=None) -> int:
+    from .progress import Progress
+
+    args = build_parser().parse_args(argv)
+    progress = Progress(args.progress)
+    signal.signal(signal.SIGTERM, _on_signal)
+    bad = _bad_input_types()
+    from .errors import Cancelled
+
+    try:
+        return args.func(args, progress)
+    except bad as e:
+        msg = str(e)
+        progress.error(msg)
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (Cancelled, KeyboardInterrupt):
+        progress.error("cancelled")
+        print("error: cancelled; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as e:  # noqa: BLE001
+        msg = f"internal error: {type(e).__name__}: {e}"
+        progress.error(msg)
+        traceback.print_exc(file=sys.stderr)
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_INTERNAL

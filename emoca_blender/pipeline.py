@@ -1,0 +1,200 @@
+"""The capture job: video -> backend -> gaps -> filter -> Capture file, with a cache.
+
+Everything the backends share lives here, once: input checks with clear errors, the
+content-keyed cache, streaming decode, gap filling, temporal filtering, metadata, atomic
+writing and cancellation.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__, capture_file, filters, video
+from .backends import BACKENDS, get_backend
+from .errors import BadInput
+
+DEFAULT_CACHE = Path(os.environ.get("EMOCA_BLENDER_CACHE",
+                                    Path.home() / ".cache" / "emoca_blender"))
+
+# Curves the temporal filter smooths (landmarks are kept raw: they are measurements).
+FILTERED = ("arkit", "expression", "head_rotation", "head_translation", "jaw", "eyes")
+
+
+@dataclass
+class CaptureSettings:
+    backend: str = "mediapipe"
+    filter_strength: float = 0.5      # 0 = off
+    max_gap: int = 5                  # frames; longer gaps stay invalid and hold the pose
+    face_index: int = 0               # 0 = the largest face at the start
+    start: int = 0                    # first frame (inclusive)
+    end: int | None = None            # last frame (exclusive), None = to the end
+    device: str = "auto"              # for GPU backends
+
+    def key_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("device")               # the device does not change the result's meaning
+        return d
+
+
+@dataclass
+class CaptureResult:
+    path: Path
+    cached: bool
+    capture: capture_file.Capture
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_output(path: Path) -> None:
+    """Fail early, before any work, when the output cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise BadInput(f"output folder {folder} does not exist")
+    if not folder.is_dir():
+        raise BadInput(f"output folder {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"output folder {folder} is not writable")
+    if path.exists() and path.is_dir():
+        raise BadInput(f"output {path} is a folder; give a file name ending in .capture.npz")
+
+
+def output_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.name.endswith(capture_file.SUFFIX):
+        if p.suffix == ".npz":
+            p = p.with_name(p.name[: -len(".npz")] + capture_file.SUFFIX)
+        else:
+            p = p.with_name(p.name + capture_file.SUFFIX)
+    return p
+
+
+def cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}{capture_file.SUFFIX}"
+
+
+def _copy_capture(src: Path, dst: Path) -> None:
+    """Copy a complete capture (npz then sidecar, each atomically)."""
+    if src.resolve() == dst.resolve():
+        return
+    for a, b in ((src, dst), (capture_file.sidecar_path(src), capture_file.sidecar_path(dst))):
+        capture_file.atomic_write_bytes(b, lambda f, a=a: shutil.copyfileobj(open(a, "rb"), f))
+
+
+def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
+                settings: CaptureSettings | None = None, progress=None,
+                cache_dir: Path | None = DEFAULT_CACHE,
+                cancel: Callable[[], bool] | None = None) -> CaptureResult:
+    """Capture one face track from a video into ``output`` (a ``.capture.npz``).
+
+    Raises BadInput for input problems (missing/undecodable video, no face, bad output
+    folder), Cancelled when ``cancel()`` turns true. Nothing is written unless the
+    capture completes.
+    """
+    settings = settings or CaptureSettings()
+    t_all = time.perf_counter()
+    out = output_path(output)
+    check_output(out)
+    if settings.backend not in BACKENDS:
+        raise BadInput(f"unknown backend {settings.backend!r}; available: {', '.join(BACKENDS)}")
+    info = video.probe(video_path)
+    if progress is not None and not info.fps_known:
+        progress.message(f"warning: {info.path.name} has no frame rate; assuming {info.fps:g} fps")
+    t0 = time.perf_counter()
+    vhash = capture_file.file_hash(info.path)
+    t_hash = time.perf_counter() - t0
+    key = capture_file.settings_key(vhash, settings.backend, settings.key_dict())
+    if cache_dir is not None:
+        cached = cache_file(Path(cache_dir), key)
+        if capture_file.is_complete(cached):
+            try:
+                cap = capture_file.load_capture(cached)
+                _copy_capture(cached, out)
+                return CaptureResult(out, True, cap, {"total": time.perf_counter() - t_all})
+            except capture_file.CaptureError:
+                pass  # a damaged cache entry is simply recomputed
+
+    start = max(0, int(settings.start))
+    end = settings.end if settings.end is None else int(settings.end)
+    if end is not None and end <= start:
+        raise BadInput(f"frame range is empty (start {start}, end {end})")
+    n_hint = max(1, (end if end is not None else info.frame_count) - start)
+
+    backend = get_backend(settings.backend, face_index=settings.face_index)
+    t0 = time.perf_counter()
+    num_faces = backend.count_faces(info.path, start, start + n_hint)
+    t_probe = time.perf_counter() - t0
+    if progress is not None:
+        progress.stage("track", n_hint)
+    t0 = time.perf_counter()
+    frames = video.iter_frames(info.path, start, end)
+    try:
+        tracked = backend.track(frames, n_hint, info.fps, info.width, info.height,
+                                num_faces=max(1, num_faces), progress=progress, cancel=cancel)
+    finally:
+        frames.close()
+    t_track = time.perf_counter() - t0
+    N = tracked.found.shape[0]
+    if N == 0:
+        raise BadInput(f"{info.path.name} holds no frames in the range {start}..{end}")
+    if not tracked.found.any():
+        raise BadInput(f"no face found in any of the {N} frames searched in {info.path.name}")
+    if settings.face_index > 0 and num_faces <= settings.face_index:
+        raise BadInput(f"face index {settings.face_index} asked for, but at most {num_faces} "
+                       f"face(s) were seen in {info.path.name}")
+
+    t0 = time.perf_counter()
+    arrays: dict[str, np.ndarray] = {}
+    valid = interp = None
+    for name, a in tracked.arrays.items():
+        filled, valid, interp = filters.fill_gaps(a, tracked.found, settings.max_gap)
+        arrays[name] = filled
+    assert valid is not None and interp is not None
+    arrays["arkit_raw"] = np.clip(arrays["arkit"], 0, 1)
+    for name in FILTERED:
+        if name in arrays:
+            arrays[name] = filters.smooth(arrays[name], info.fps, settings.filter_strength, valid)
+    arrays["arkit"] = np.clip(arrays["arkit"], 0.0, 1.0)
+    arrays["blinks"] = np.clip(arrays["blinks"], 0.0, 1.0)
+    arrays["valid"] = valid
+    arrays["interpolated"] = interp
+    arrays["timestamps"] = (start + np.arange(N)) / info.fps
+    arrays["shape"] = tracked.shape if tracked.shape is not None else np.zeros(0, np.float32)
+    t_filter = time.perf_counter() - t0
+
+    meta = {
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+        "frame_start": start,
+        "source": {"path": str(info.path.resolve()), "hash": vhash,
+                   "size": info.path.stat().st_size, "name": info.path.name},
+        "backend": {"name": settings.backend, "licence": BACKENDS[settings.backend][2],
+                    "model_files": {k: {"path": v, "hash": capture_file.file_hash(v)}
+                                    for k, v in backend.model_files().items()},
+                    **tracked.info},
+        "head_model": tracked.head_model,
+        "settings": asdict(settings),
+        "cache_key": key,
+        "emoca_blender_version": __version__,
+    }
+    names = dict(tracked.names)
+    cap = capture_file.make_capture(arrays, meta, names)
+    t0 = time.perf_counter()
+    timings = {"hash": t_hash, "probe": t_probe, "track": t_track, "filter": t_filter}
+    cap.meta["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    capture_file.save_capture(cap, out)
+    timings["write"] = time.perf_counter() - t0
+    if cache_dir is not None:
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            _copy_capture(out, cache_file(Path(cache_dir), key))
+        except OSError as e:
+            if progress is not None:
+                progress.message(f"warning: could not write the cache in {cache_dir} ({e})")
+    timings["total"] = time.perf_counter() - t_all
+    return CaptureResult(out, False, cap, timings)
