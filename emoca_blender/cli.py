@@ -93,13 +93,9 @@ def _load_capture(path):
 
 
 def _check_writable(path: Path):
-    from .errors import BadInput
+    from .pipeline import check_output
 
-    folder = path.parent
-    if not folder.is_dir():
-        raise BadInput(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"output folder {folder} is not writable")
+    check_output(path)
 
 
 def cmd_rig(args, progress) -> int:
@@ -199,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--progress", default="auto", choices=("auto", "bar", "json", "none"),
                     help="progress output: a bar on a terminal, json lines for Blender's worker")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --progress is accepted after the command too (the Blender worker puts it there).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--progress", default=argparse.SUPPRESS,
+                        choices=("auto", "bar", "json", "none"), help=argparse.SUPPRESS)
+    _add_parser = sub.add_parser
+
+    def add_parser(*a, **kw):
+        kw.setdefault("parents", [common])
+        return _add_parser(*a, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("capture", help="capture a video into a .capture.npz",
                        description="Track the face in VIDEO and write one Capture file.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,11 @@ def check_output(path: Path) -> None:
         raise BadInput(f"output folder {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"output folder {folder} is not writable")
+    try:  # access() says yes to root and on some read-only mounts: really try
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise BadInput(f"output folder {folder} is not writable ({e.strerror})") from None
     if path.exists() and path.is_dir():
         raise BadInput(f"output {path} is a folder; give a file name ending in .capture.npz")
 

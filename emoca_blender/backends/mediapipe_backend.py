@@ -8,6 +8,10 @@ the ``face_index``-th largest), re-acquiring after loss by the same rule.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 
 from ..arkit import ARKIT_NAMES, from_mediapipe
@@ -16,12 +20,31 @@ from . import Tracked
 from .. import solve
 
 
-def _mp():
-    import os
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence MediaPipe's C++ start-up chatter (absl/glog INFO lines about EGL, XNNPACK)
+    by pointing file descriptor 2 at /dev/null for the duration; Python-level errors are
+    unaffected because nothing Python writes happens inside. EMOCA_BLENDER_DEBUG=1 keeps it."""
+    if os.environ.get("EMOCA_BLENDER_DEBUG"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
-    # MediaPipe's C++ logging (glog/absl) floods stderr; keep warnings and errors only.
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+def _mp():
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -59,7 +82,8 @@ class MediaPipeBackend:
             min_face_presence_confidence=self.min_detection,
             min_tracking_confidence=0.5,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        return vision.FaceLandmarker.create_from_options(opts)
+        with quiet_native_stderr():
+            return vision.FaceLandmarker.create_from_options(opts)
 
     def count_faces(self, video_path, start: int, end: int) -> int:
         """Most faces seen in a few frames spread over [start, end)."""
@@ -79,7 +103,8 @@ class MediaPipeBackend:
                     if not ok:
                         continue
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    r = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+                    with quiet_native_stderr():
+                        r = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
                     best = max(best, len(r.face_landmarks))
             finally:
                 lm.close()
@@ -112,7 +137,12 @@ class MediaPipeBackend:
                 if first is None:
                     first = i
                 ts = int(round((i - first) * 1000.0 / fps))
-                r = lm.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb), ts)
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+                if n == 0:
+                    with quiet_native_stderr():  # the first call starts the graph's threads
+                        r = lm.detect_for_video(image, ts)
+                else:
+                    r = lm.detect_for_video(image, ts)
                 n += 1
                 if progress is not None:
                     progress.update(n, n_hint)
