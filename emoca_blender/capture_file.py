@@ -266,6 +266,9 @@ def atomic_write_bytes(path: str | os.PathLike, data_writer) -> None:
             data_writer(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         try:

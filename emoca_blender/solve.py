@@ -13,7 +13,7 @@ from .arkit import INDEX
 
 # Jaw rotation (radians, about +X = opening) at jawOpen = 1, and sideways at jawLeft/Right = 1.
 # The open head model's jawOpen shape is built to match JAW_OPEN_RADIANS.
-JAW_OPEN_RADIANS = 0.35
+JAW_OPEN_RADIANS = 0.20944  # 12 degrees: the open head model's jawOpen (extra_jaw_open_rotvec)
 JAW_SIDE_RADIANS = 0.12
 # Eye rotation at eyeLook* = 1 (radians): horizontal and vertical.
 EYE_YAW_RADIANS = 0.55
