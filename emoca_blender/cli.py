@@ -118,7 +118,7 @@ def cmd_retarget(args, progress) -> int:
     scene.new_scene()
     summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start)
     scene.save_blend(out)
-    print(f"wrote {out} ({summary})")
+    print(f"wrote {out} ({scene.summary_line(summary)})")
     return EXIT_OK
 
 

@@ -1,0 +1,70 @@
+"""Capture throughput: the full default capture (decode + tracking + solve + filter + write)
+against plain decode + MediaPipe FaceLandmarker (VIDEO mode, one face) on the same clip, in
+the same run. Target (issue 3): ratio >= 0.8.
+
+    python bench/capture_speed.py
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def plain_landmarker_fps(path: Path) -> tuple[float, int]:
+    import cv2
+    import mediapipe as mp
+
+    from emoca_blender.backends.mediapipe_backend import MediaPipeBackend
+
+    lm = MediaPipeBackend()._landmarker("video", 1)
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        lm.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb),
+                            int(round(n * 1000 / fps)))
+        n += 1
+    dt = time.perf_counter() - t0
+    cap.release()
+    lm.close()
+    return n / dt, n
+
+
+def full_capture_fps(path: Path) -> tuple[float, int]:
+    from emoca_blender.pipeline import CaptureSettings, run_capture
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = run_capture(path, Path(tmp) / "b.capture.npz", CaptureSettings(), cache_dir=None)
+        dt = time.perf_counter() - t0
+    return res.capture.n_frames / dt, res.capture.n_frames
+
+
+def run() -> list[dict]:
+    rows = []
+    for clip in common.clips():
+        plain, n = plain_landmarker_fps(clip)
+        full, _ = full_capture_fps(clip)
+        ratio = full / plain
+        case = f"{clip.name} ({n} fr)"
+        rows.append(common.row("capture_speed", case, "plain decode+FaceLandmarker", plain, "frames/s"))
+        rows.append(common.row("capture_speed", case, "full capture", full, "frames/s"))
+        rows.append(common.row("capture_speed", case, "ratio full/plain", ratio, "x", ">= 0.8",
+                               ratio >= 0.8))
+    return rows
+
+
+if __name__ == "__main__":
+    from run import main
+
+    sys.exit(main(["capture_speed"]))

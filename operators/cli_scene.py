@@ -1,0 +1,170 @@
+"""Scene jobs for the command line (``rig``, ``retarget``, ``export``, ``run``) and the demo.
+
+Blender side (needs bpy), no operators: each function builds or changes the current
+scene with the library modules (rig_build, retarget_bake, fbx_io). The CLI opens an
+empty scene first, so nothing here touches a user's file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+
+from . import fbx_io, retarget_bake, rig_build
+from ._core import head_model
+from ._core import core as _core_pkg
+
+ACTOR_NAME = "EMOCA_actor"
+CHARACTER_NAME = "Character"
+SPACING = 0.2  # metres between actor and character in the demo scene
+
+
+def _bad_input(msg: str) -> Exception:
+    import importlib
+
+    errors = importlib.import_module(_core_pkg.__name__ + ".errors")
+    return errors.BadInput(msg)
+
+
+def new_scene() -> None:
+    """An empty scene (factory settings, no objects)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def _model_for(capture, model_path=None):
+    name = capture.meta.get("head_model") or "open_head"
+    if model_path:
+        model = head_model.load_head_model(model_path)
+    elif name == "open_head":
+        model = head_model.load_head_model(head_model.bundled(head_model.OPEN_HEAD))
+    else:
+        raise _bad_input(f"this capture was made with head model {name!r}; give its model "
+                         f"file with --model")
+    cap_names = tuple(capture.names.get("expression", ()))
+    if cap_names != tuple(model.expression_names):
+        raise _bad_input(
+            f"the capture's expression ({len(cap_names)} components of {name!r}) does not "
+            f"match the rig model {model.name!r} ({model.n_expressions} components); build "
+            f"the rig with the model the capture was made with")
+    return model
+
+
+def _place(objs, x: float) -> None:
+    """Move the top of each hierarchy sideways (armature carries its meshes)."""
+    for o in objs:
+        if o is not None and o.parent is None:
+            o.location.x += x
+
+
+def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 0.0):
+    """The head rig of the capture's head model, animated by the capture."""
+    model = _model_for(capture, model_path)
+    mesh, arm = rig_build.build_head_object(model, ACTOR_NAME)
+    rig_build.animate_head_rig(mesh, arm, capture, frame_start=frame_start,
+                               channels="expression")
+    _place([mesh, arm], offset)
+    return mesh, arm
+
+
+def load_character(character: str = "sample", offset: float = 0.0) -> list:
+    """The character to retarget onto: 'sample' (bundled), a .blend (all its objects are
+    appended) or an .fbx (imported). Returns the new objects."""
+    before = set(bpy.data.objects)
+    if character in ("sample", "", None):
+        model = head_model.load_head_model(head_model.bundled(head_model.SAMPLE_CHARACTER))
+        mesh, arm = rig_build.build_head_object(model, CHARACTER_NAME)
+        new = [o for o in (mesh, arm) if o is not None]
+    else:
+        p = Path(character)
+        if not p.is_file():
+            raise _bad_input(f"character file {p} does not exist")
+        if p.suffix.lower() == ".blend":
+            with bpy.data.libraries.load(str(p), link=False) as (src, dst):
+                dst.objects = list(src.objects)
+            coll = bpy.context.scene.collection
+            for o in dst.objects:
+                if o is not None:
+                    coll.objects.link(o)
+        elif p.suffix.lower() == ".fbx":
+            bpy.ops.import_scene.fbx(filepath=str(p))
+        else:
+            raise _bad_input(f"character {p.name}: give 'sample', a .blend or an .fbx file")
+        new = [o for o in bpy.data.objects if o not in before]
+    _place(new, offset)
+    return new
+
+
+def retarget(capture, character: str = "sample", frame_start: int = 1, offset: float = 0.0) -> dict:
+    objs = load_character(character, offset)
+    meshes, arm = retarget_bake.find_targets(objs)
+    if not meshes and arm is None:
+        raise _bad_input("the character has no mesh with shape keys and no armature: "
+                         "nothing to retarget onto")
+    summary = retarget_bake.bake_capture(capture, meshes, armature=arm, frame_start=frame_start)
+    summary["objects"] = [o.name for o in objs]
+    return summary
+
+
+def summary_line(summary: dict) -> str:
+    return (f"{mapped_channels(summary)} ARKit channels onto shape keys, bones "
+            f"{', '.join(f'{k}={v}' for k, v in summary.get('bones', {}).items()) or 'none'}, "
+            f"{summary.get('keys', 0)} keys")
+
+
+def save_blend(path) -> Path:
+    return fbx_io.save_blend(path)
+
+
+def _animated(objs) -> list:
+    out = []
+    for o in objs:
+        keys = getattr(getattr(o, "data", None), "shape_keys", None)
+        if (o.animation_data and o.animation_data.action) or (
+                keys is not None and keys.animation_data and keys.animation_data.action):
+            out.append(o)
+    return out
+
+
+def export_blend_to_fbx(blend: Path, out: Path, objects=None) -> Path:
+    if not Path(blend).is_file():
+        raise _bad_input(f".blend file {blend} does not exist")
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    scene = bpy.context.scene
+    if objects:
+        missing = [n for n in objects if n not in bpy.data.objects]
+        if missing:
+            raise _bad_input(f"no object named {', '.join(missing)} in {Path(blend).name}")
+        objs = [bpy.data.objects[n] for n in objects]
+    else:
+        objs = _animated(scene.objects)
+    if not objs:
+        raise _bad_input(f"{Path(blend).name} has no animated object to export")
+    return fbx_io.export_fbx(out, objs, frame_start=scene.frame_start, frame_end=scene.frame_end)
+
+
+def run_job(capture, out_dir: Path, name: str, character: str = "sample",
+            frame_start: int = 1) -> dict:
+    """The demo scene: actor rig on the left, retargeted character on the right; writes
+    NAME.blend (both) and NAME.fbx (the character with its animation)."""
+    out_dir = Path(out_dir)
+    new_scene()
+    actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING)
+    summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING)
+    scene = bpy.context.scene
+    char_objs = [bpy.data.objects[n] for n in summary["objects"]]
+    fbx = fbx_io.export_fbx(out_dir / f"{name}.fbx", char_objs,
+                            frame_start=scene.frame_start, frame_end=scene.frame_end)
+    blend = save_blend(out_dir / f"{name}.blend")
+    return {
+        "blend": str(blend), "fbx": str(fbx), "frames": capture.n_frames,
+        "valid": int(capture["valid"].sum()), "mapped": mapped_channels(summary),
+        "bones": summary.get("bones", {}), "actor": actor_mesh.name,
+    }
+
+
+def mapped_channels(summary: dict) -> int:
+    """How many ARKit channels reached at least one shape key."""
+    chans = set()
+    for info in summary.get("shape_keys", {}).values():
+        chans.update(k for k, v in info.get("mapped", {}).items() if v)
+    return len(chans)

@@ -1,0 +1,281 @@
+"""FBX export of baked characters (shape-key and bone animation), checked by re-import, and
+atomic .blend saving.
+
+bpy 5.0.1 facts this module relies on (measured):
+
+* With the exporter's defaults a mesh whose only animation is on its shape keys exports no
+  animation; ``bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False`` exports the
+  actions assigned to the objects (and their shape keys) as one take.
+* The importer turns FBX blend-shape channels back into shape-key value curves and bone
+  animation into pose-bone curves. Two importer quirks are corrected when reading back:
+  its default ``anim_offset=1`` shifts every key one frame later (we import with 0), and it
+  converts key times with the scene's integer ``render.fps``, ignoring ``fps_base``, so at
+  29.97 fps every frame comes back scaled by 1.001 (the file itself is right: times are
+  seconds at the true rate); :func:`read_fbx_animation` divides by ``fps_base``.
+
+:func:`read_fbx_animation` imports into a temporary scene and deletes everything the import
+created afterwards, so the user's scene, selection and data are left as they were.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import blender_anim
+
+
+class FbxExportError(RuntimeError):
+    """The FBX could not be written, or its re-import did not give the animation back."""
+
+
+def _with_armatures(objects) -> list:
+    out = []
+    for o in objects:
+        if o is None:
+            continue
+        if o not in out:
+            out.append(o)
+        arm = o.parent if (o.parent is not None and o.parent.type == "ARMATURE") else None
+        if arm is None and o.type == "MESH":
+            mod = next((m for m in o.modifiers if m.type == "ARMATURE" and m.object), None)
+            arm = mod.object if mod else None
+        if arm is not None and arm not in out:
+            out.append(arm)
+    return out
+
+
+def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool = True,
+               global_scale: float = 1.0) -> Path:
+    """Export ``objects`` (plus their armatures) with their animation to an FBX file.
+
+    The file is written under a temporary name in the same folder and renamed when complete.
+    Axes: Blender's -Y forward, +Z up are written as FBX's -Z forward, +Y up (the exporter's
+    ``axis_forward='-Z', axis_up='Y'``), which Unreal, Unity and Maya read as facing forward.
+
+    Args:
+        path: the .fbx file to write.
+        objects: mesh objects (and/or armatures) to export.
+        frame_start, frame_end: the frame range baked into the take.
+        verify: re-import the file (:func:`read_fbx_animation`) and raise
+            :class:`FbxExportError` when an animated object comes back without animation.
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".fbx":
+        path = path.with_suffix(".fbx")
+    if not path.parent.is_dir():
+        raise FbxExportError(f"output folder {path.parent} does not exist")
+    objs = _with_armatures(objects)
+    if not objs:
+        raise FbxExportError("nothing to export: no objects given")
+    scene = bpy.context.scene
+    view_layer = bpy.context.view_layer
+    view_layer.update()   # the view layer's object list is resynced lazily
+    in_layer = {o.name for o in view_layer.objects}
+    missing = [o.name for o in objs if o.name not in in_layer]
+    if missing:
+        raise FbxExportError(f"objects not in the current view layer: {', '.join(missing)}")
+
+    if bpy.context.mode != "OBJECT" and view_layer.objects.active is not None:
+        bpy.ops.object.mode_set(mode="OBJECT")
+    prev_sel = [o for o in view_layer.objects if o.select_get()]
+    prev_active = view_layer.objects.active
+    prev_range = (scene.frame_start, scene.frame_end)
+    hidden = [o for o in objs if o.hide_get()]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".fbx.part", dir=path.parent)
+    os.close(fd)
+    try:
+        for o in view_layer.objects:
+            o.select_set(False)
+        for o in hidden:
+            o.hide_set(False)
+        for o in objs:
+            o.select_set(True)
+        view_layer.objects.active = objs[0]
+        scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
+        with bpy.context.temp_override(selected_objects=objs, active_object=objs[0]):
+            res = bpy.ops.export_scene.fbx(
+                filepath=tmp, check_existing=False, use_selection=True,
+                object_types={"ARMATURE", "MESH", "EMPTY"},
+                global_scale=global_scale, apply_unit_scale=True, apply_scale_options="FBX_SCALE_NONE",
+                axis_forward="-Z", axis_up="Y", bake_space_transform=False,
+                use_mesh_modifiers=False, mesh_smooth_type="FACE", use_tspace=False,
+                add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X",
+                armature_nodetype="NULL",
+                bake_anim=True, bake_anim_use_all_bones=True,
+                bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False,
+                bake_anim_force_startend_keying=True, bake_anim_step=1.0,
+                bake_anim_simplify_factor=0.0, path_mode="AUTO", embed_textures=False)
+        if "FINISHED" not in res:
+            raise FbxExportError(f"the FBX exporter returned {res}")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        scene.frame_start, scene.frame_end = prev_range
+        for o in objs:
+            o.select_set(False)
+        for o in hidden:
+            o.hide_set(True)
+        for o in prev_sel:
+            o.select_set(True)
+        view_layer.objects.active = prev_active
+
+    if verify:
+        got = read_fbx_animation(path)
+        problems = []
+        for o in objs:
+            animated_keys = o.type == "MESH" and o.data.shape_keys is not None and \
+                blender_anim.read_fcurves(o.data.shape_keys)
+            animated_bones = o.type == "ARMATURE" and blender_anim.read_fcurves(o)
+            entry = got.get(o.name)
+            if animated_keys and not (entry and entry["shape_keys"]):
+                problems.append(f"{o.name}: shape-key animation missing")
+            if animated_bones and not (entry and entry["bones"]):
+                problems.append(f"{o.name}: bone animation missing")
+        if problems:
+            raise FbxExportError(f"{path.name} was written but its re-import lacks: "
+                                 + "; ".join(problems))
+    return path
+
+
+_ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "materials", "images",
+                   "shape_keys", "textures", "node_groups", "cameras", "lights", "collections")
+_KEY_RE = re.compile(r'^key_blocks\["(.*)"\]\.value$')
+_BONE_RE = re.compile(r'^pose\.bones\["(.*)"\]\.(rotation_quaternion|rotation_euler|location|scale)$')
+
+
+def _unescape(s: str) -> str:
+    return s.replace('\\"', '"').replace("\\\\", "\\")
+
+
+def _snapshot() -> dict[str, set]:
+    return {c: set(getattr(bpy.data, c)) for c in _ID_COLLECTIONS}
+
+
+def read_fbx_animation(path) -> dict:
+    """Import an FBX into a temporary scene and read its animation back.
+
+    Nothing of the user's scene changes: the import goes into a new scene that is deleted
+    afterwards together with every datablock the import created.
+
+    Returns:
+        {object_name: {"shape_keys": {key_name: (frames (N,), values (N,))},
+                       "bones": {bone: {"rotation_quaternion": (frames, (N,4)) |
+                                        "rotation_euler": (frames, (N,3)), ...}}}}
+        Object names are the FBX's (an import suffix like ``.001``, added because the user's
+        file already has an object of that name, is removed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FbxExportError(f"{path} does not exist")
+    before = _snapshot()
+    old_names = {o.name for o in before["objects"]}
+    window = bpy.context.window
+    prev_scene = window.scene if window is not None else None
+    tmp_scene = bpy.data.scenes.new("emoca_fbx_check")
+    cur = bpy.context.scene
+    if cur is not None:   # same time base as the exporting scene (the importer may override)
+        tmp_scene.render.fps, tmp_scene.render.fps_base = cur.render.fps, cur.render.fps_base
+    result: dict = {}
+    try:
+        vl = tmp_scene.view_layers[0]
+        override = dict(scene=tmp_scene, view_layer=vl)
+        if window is not None:
+            window.scene = tmp_scene
+        with bpy.context.temp_override(**override):
+            res = bpy.ops.import_scene.fbx(filepath=str(path), use_anim=True,
+                                           automatic_bone_orientation=False,
+                                           ignore_leaf_bones=False, use_custom_props=False,
+                                           anim_offset=0.0)
+        if "FINISHED" not in res:
+            raise FbxExportError(f"the FBX importer returned {res} for {path.name}")
+        new_objects = set(bpy.data.objects) - before["objects"]
+        # The importer placed keys at seconds * render.fps (the integer): undo its fps_base
+        # omission so frames are the exporting scene's frames.
+        fix = 1.0 / tmp_scene.render.fps_base
+
+        def frames_of(fr):
+            return np.round(fr * fix, 4) if abs(fix - 1.0) > 1e-9 else fr
+        for o in new_objects:
+            name = o.name
+            m = re.match(r"^(.*)\.\d{3}$", name)
+            if m and m.group(1) in old_names:
+                name = m.group(1)
+            entry = {"shape_keys": {}, "bones": {}}
+            if o.type == "MESH" and o.data.shape_keys is not None:
+                for (dp, idx), (fr, val) in blender_anim.read_fcurves(o.data.shape_keys).items():
+                    km = _KEY_RE.match(dp)
+                    if km:
+                        entry["shape_keys"][_unescape(km.group(1))] = (frames_of(fr), val)
+            if o.type == "ARMATURE":
+                chans: dict[tuple[str, str], dict[int, tuple]] = {}
+                for (dp, idx), fv in blender_anim.read_fcurves(o).items():
+                    bm = _BONE_RE.match(dp)
+                    if bm:
+                        chans.setdefault((_unescape(bm.group(1)), bm.group(2)), {})[idx] = fv
+                for (bone, prop), comps in chans.items():
+                    n = 4 if prop == "rotation_quaternion" else 3
+                    if sorted(comps) != list(range(n)):
+                        continue
+                    fr = comps[0][0]
+                    vals = np.stack([np.interp(fr, *comps[i]) for i in range(n)], -1)
+                    entry["bones"].setdefault(bone, {})[prop] = (frames_of(fr), vals)
+            if entry["shape_keys"] or entry["bones"] or o.type in ("MESH", "ARMATURE"):
+                result[name] = entry
+    finally:
+        if window is not None and prev_scene is not None:
+            window.scene = prev_scene
+        after = _snapshot()
+        for coll in ("objects",) + tuple(c for c in _ID_COLLECTIONS if c != "objects"):
+            if coll == "shape_keys":
+                continue  # Key datablocks go with their meshes
+            data = getattr(bpy.data, coll)
+            for idb in after[coll] - before[coll]:
+                try:
+                    data.remove(idb)
+                except (ReferenceError, RuntimeError):
+                    pass
+        bpy.data.scenes.remove(tmp_scene)
+    return result
+
+
+def save_blend(path) -> Path:
+    """Save the current file as ``path`` atomically (temporary file + rename).
+
+    Uses ``save_as_mainfile(copy=True)`` so the open file keeps its own path."""
+    path = Path(path)
+    if path.suffix.lower() != ".blend":
+        path = path.with_suffix(".blend")
+    if not path.parent.is_dir():
+        raise OSError(f"output folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".blend", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)   # so Blender makes no ".blend1" backup of the placeholder
+    try:
+        res = bpy.ops.wm.save_as_mainfile(filepath=tmp, copy=True, check_existing=False,
+                                          compress=False)
+        if "FINISHED" not in res:
+            raise OSError(f"saving {path.name} failed ({res})")
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp + "1"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        raise
+    return path
+
+
+__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "FbxExportError"]

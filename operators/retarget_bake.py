@@ -1,0 +1,301 @@
+"""Retarget a Capture onto any character: ARKit curves onto its shape keys by name, head,
+jaw and eye rotations onto its bones, baked as plain keyframes (one Action per target).
+
+Name matching (:func:`arkit_name_mapping`) splits a shape-key name into words (separators
+``_ . - : space`` and camelCase/PascalCase boundaries), lower-cases them, turns side words
+(``L``/``R``/``Left``/``Right``, as a suffix or a prefix) into a trailing ``left``/``right``,
+and matches an ARKit channel when the key's words *end with* the channel's words, so any
+vendor prefix (``CC_Base_``, ``A01_``, ``blendShape1.``, ``mesh.``, ``ARKit_``...) is ignored.
+An unsided ARKit channel with no unsided key (``browInnerUp``) goes to both sided keys
+(``browInnerUp_L`` and ``browInnerUp_R``, as in ICT FaceKit).
+
+Bones: the character is taken to face -Y with +Z up in world space at its rest pose (Blender's
+Front view), whatever its armature object's own rotation (FBX imports often carry a 90
+degree X rotation and 0.01 scale). A rotation of the capture, in the head model's axes, is
+turned into each bone's local frame (``rig_build.model_rotvec_to_bone_quat`` with the bone's
+world rest orientation). The head is keyed relative to the capture's median head pose
+(``R_rel = R_median^T R_t``, a rotation in the actor's neutral-head frame), so the character
+faces forward when the actor faces their usual direction, wherever the camera was. The jaw
+and eyes are keyed as captured (zero = closed / looking ahead), relative to the head.
+Pose bones are switched to ``rotation_mode = 'QUATERNION'``.
+"""
+from __future__ import annotations
+
+import re
+
+import bpy
+import numpy as np
+
+from . import blender_anim, rig_build
+from ._core import arkit
+
+_SIDE = {"l": "left", "left": "left", "r": "right", "right": "right", "lf": "left", "rt": "right"}
+_WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def _words(name: str) -> list[str]:
+    """``CC_Base_EyeBlink_L`` -> ['cc', 'base', 'eye', 'blink', 'left'] (sides moved last)."""
+    name = name.rsplit(":", 1)[-1] if ":" in name else name
+    words = [w.lower() for part in re.split(r"[\s_.\-:|/]+", name) if part
+             for w in _WORD_RE.findall(part)]
+    sides = [i for i, w in enumerate(words) if w in _SIDE]
+    if len(sides) >= 1:
+        # A single side word, or a side word at either end, becomes the trailing side.
+        i = sides[-1] if sides[-1] == len(words) - 1 else sides[0]
+        if len(sides) == 1 or i in (0, len(words) - 1):
+            side = _SIDE[words.pop(i)]
+            words.append(side)
+    return words
+
+
+def _suffixes(words: list[str]) -> set[str]:
+    return {"".join(words[i:]) for i in range(len(words))}
+
+
+def arkit_name_mapping(key_names: list[str]) -> dict[str, list[str]]:
+    """Map each ARKit channel to the shape keys of a character that carry it.
+
+    Args:
+        key_names: the character's shape-key names (``Basis`` is ignored).
+    Returns:
+        {arkit_name: [key names]} for every channel that matched at least one key (a list,
+        because a channel may drive several keys, e.g. split left/right halves). Keys that
+        matched no channel are given by :func:`unmapped_keys`.
+    """
+    keys = [k for k in key_names if k and k.lower() not in ("basis", "reference")]
+    suff = {k: _suffixes(_words(k)) for k in keys}
+    whole = {k: "".join(_words(k)) for k in keys}
+    out: dict[str, list[str]] = {}
+    for ch in arkit.ARKIT_NAMES:
+        target = "".join(_words(ch))
+        hits = [k for k in keys if target in suff[k]]
+        if len(hits) > 1:
+            # prefer keys that are exactly the channel (no prefix), when some are
+            exact = [k for k in hits if whole[k] == target]
+            hits = exact or hits
+        if not hits and not (ch.endswith("Left") or ch.endswith("Right")):
+            hits = [k for k in keys if (target + "left") in suff[k] or (target + "right") in suff[k]]
+        if hits:
+            out[ch] = hits
+    return out
+
+
+def unmapped_keys(key_names: list[str], mapping: dict[str, list[str]]) -> list[str]:
+    """Shape keys that no channel of ``mapping`` drives (``Basis`` excluded)."""
+    used = {k for ks in mapping.values() for k in ks}
+    return [k for k in key_names if k not in used and k.lower() not in ("basis", "reference")]
+
+
+def find_targets(objects) -> tuple[list, object | None]:
+    """Split a selection into retarget targets.
+
+    Args:
+        objects: any objects (e.g. ``context.selected_objects``); an armature brings its
+            child meshes along.
+    Returns:
+        (meshes with shape keys, armature or None): the armature is a selected one, else the
+        parent / Armature-modifier armature of a selected mesh.
+    """
+    objects = [o for o in objects if o is not None]
+    arm = next((o for o in objects if o.type == "ARMATURE"), None)
+    candidates = []
+    for o in objects:
+        if o.type == "MESH":
+            candidates.append(o)
+        elif o.type == "ARMATURE":
+            candidates += [c for c in o.children_recursive if c.type == "MESH"]
+    meshes, seen = [], set()
+    for o in candidates:
+        key = o.data.shape_keys
+        if key is not None and len(key.key_blocks) > 1 and o.name not in seen:
+            seen.add(o.name)
+            meshes.append(o)
+    if arm is None:
+        for o in meshes:
+            if o.parent is not None and o.parent.type == "ARMATURE":
+                arm = o.parent
+                break
+            mod = next((m for m in o.modifiers if m.type == "ARMATURE" and m.object), None)
+            if mod is not None:
+                arm = mod.object
+                break
+    return meshes, arm
+
+
+_NOISE = {"cc", "base", "def", "org", "mch", "bip", "bone", "jnt", "joint", "bn", "b", "j",
+          "mixamorig", "rig", "c", "ctrl", "deform", "sk", "fk"}
+_FORBID = {"lid", "lids", "brow", "lash", "lashes", "target", "end", "tip", "ik", "socket",
+           "twist", "nub", "upper", "top", "pole", "look", "aim"}
+
+
+def _bone_words(name: str) -> list[str]:
+    return [w for w in _words(name) if w not in _NOISE and not w.isdigit()]
+
+
+def guess_bones(armature) -> dict[str, str]:
+    """Guess the head, neck, jaw and eye bones of an armature from their names.
+
+    Knows our own rig (root, neck, jaw, left_eye, right_eye: the root carries the head),
+    Mixamo (``mixamorig:Head``, ``mixamorig:LeftEye``), Character Creator
+    (``CC_Base_Head``, ``CC_Base_JawRoot``, ``CC_Base_L_Eye``), Rigify/ Blender style
+    (``head``, ``jaw``, ``eye.L``), ``eye_L``, ``LeftEye``, ``Eye_Left``...
+    Returns:
+        {role: bone_name} for the roles found among head, neck, jaw, left_eye, right_eye.
+    """
+    bones = [b.name for b in armature.data.bones]
+    names = set(bones)
+    if {"root", "neck", "jaw", "left_eye", "right_eye"} <= names:
+        return {"head": "root", "neck": "neck", "jaw": "jaw",
+                "left_eye": "left_eye", "right_eye": "right_eye"}
+    want = {
+        "head": [["head"]],
+        "neck": [["neck"]],
+        "jaw": [["jaw"], ["jaw", "root"], ["jaw", "master"], ["lower", "jaw"], ["jaw", "main"],
+                ["mandible"], ["chin"]],
+        "left_eye": [["eye", "left"], ["eyeball", "left"], ["eye", "ball", "left"]],
+        "right_eye": [["eye", "right"], ["eyeball", "right"], ["eye", "ball", "right"]],
+    }
+    out: dict[str, str] = {}
+    words = {b: _bone_words(b) for b in bones}
+    for role, patterns in want.items():
+        best = None
+        for rank, pat in enumerate(patterns):
+            for b in bones:          # armature order: parents before children
+                w = words[b]
+                if sorted(w) == sorted(pat):
+                    score = (0, rank)
+                elif set(pat) <= set(w) and not (set(w) & _FORBID) and len(w) <= len(pat) + 1:
+                    score = (1, rank)
+                else:
+                    continue
+                if best is None or score < best[0]:
+                    best = (score, b)
+        if best is not None:
+            out[role] = best[1]
+    if "neck" in out and "head" in out:
+        # several neck bones (neck_01, neck_02): take the head's nearest neck ancestor
+        p = armature.data.bones[out["head"]].parent
+        while p is not None:
+            if "neck" in _bone_words(p.name):
+                out["neck"] = p.name
+                break
+            p = p.parent
+    return out
+
+
+def median_rotation(rotvecs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A robust central rotation of (N, 3) axis-angles: the normalised component-wise median
+    of sign-aligned quaternions (over valid frames). Returns a (4,) quaternion."""
+    q = rig_build.rotvec_to_quat(rotvecs)
+    if valid is not None and np.any(valid):
+        q = q[np.asarray(valid, bool)]
+    ref = q[0]
+    q = np.where((q @ ref)[:, None] < 0, -q, q)
+    m = np.median(q, axis=0)
+    n = np.linalg.norm(m)
+    return m / n if n > 1e-9 else np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def relative_head_rotation(capture) -> np.ndarray:
+    """(N, 3) head rotation relative to the median pose, in the neutral head's frame
+    (model axes): ``R_rel = R_median^T R_t``."""
+    q = rig_build.rotvec_to_quat(capture["head_rotation"])
+    qm = median_rotation(capture["head_rotation"], capture.get("valid"))
+    qm_inv = qm * np.array([1.0, -1.0, -1.0, -1.0])
+    return rig_build.quat_to_rotvec(rig_build.quat_mul(qm_inv[None], q))
+
+
+def _stem(capture) -> str:
+    return rig_build._capture_stem(capture)
+
+
+def bake_capture(capture, targets, armature=None, mapping=None, bones=None, frame_start: int = 1,
+                 action_name: str | None = None, set_scene: bool = True) -> dict:
+    """Bake a capture onto characters as plain keyframes, one key per captured frame.
+
+    Args:
+        capture: a ``capture_file.Capture``.
+        targets: mesh objects with shape keys (an armature among them is used as
+            ``armature``).
+        armature: the armature whose bones get the head/jaw/eye rotations (optional).
+        mapping: {arkit_name: [shape key names]}; guessed per mesh with
+            :func:`arkit_name_mapping` when None. Keys a mesh lacks are skipped.
+        bones: {role: bone_name} for roles head, jaw, left_eye, right_eye (``root`` is taken
+            as head); guessed with :func:`guess_bones` when None. Pass ``{}`` for no bones.
+        frame_start: frame of the capture's first frame.
+        action_name: base name of the actions (default: the capture's source file stem);
+            each target's action is ``<base>|<object name>``.
+        set_scene: set the scene's frame range and frame rate to the capture's.
+    Returns:
+        {"frames": (first, last), "fps": float, "keys": total keys written,
+         "actions": {object name: action name},
+         "shape_keys": {mesh name: {"mapped": {arkit: [keys]}, "unmapped_channels": [...],
+                                    "unmapped_keys": [...]}},
+         "bones": {role: bone}, "missing_bones": [roles not found]}
+    """
+    N = capture.n_frames
+    frames = frame_start + np.arange(N, dtype=np.float64)
+    base = action_name or _stem(capture)
+    meshes = []
+    for o in targets:
+        if o.type == "ARMATURE":
+            armature = armature or o
+        elif o.type == "MESH" and o.data.shape_keys is not None and o not in meshes:
+            meshes.append(o)
+    ark = np.asarray(capture["arkit"])
+    col = {n: i for i, n in enumerate(capture.names.get("arkit", arkit.ARKIT_NAMES))}
+    summary = {"frames": (int(frames[0]), int(frames[-1])), "fps": capture.fps, "keys": 0,
+               "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": []}
+
+    for obj in meshes:
+        key = obj.data.shape_keys
+        key_names = [kb.name for kb in key.key_blocks[1:]]
+        present = set(key_names)
+        m = arkit_name_mapping(key_names) if mapping is None else mapping
+        m = {ch: [k for k in ks if k in present] for ch, ks in m.items() if ch in col}
+        m = {ch: ks for ch, ks in m.items() if ks}
+        name = f"{base}|{obj.name}"
+        action, bag = blender_anim.ensure_action(key, name)
+        for ch, ks in m.items():
+            v = ark[:, col[ch]]
+            for k in ks:
+                blender_anim.write_fcurve(bag, f'key_blocks["{rig_build._esc(k)}"].value', 0,
+                                          frames, v)
+                summary["keys"] += N
+        summary["actions"][obj.name] = action.name
+        summary["shape_keys"][obj.name] = {
+            "mapped": m,
+            "unmapped_channels": [ch for ch in arkit.ARKIT_NAMES if ch not in m],
+            "unmapped_keys": unmapped_keys(key_names, m),
+        }
+
+    if armature is not None:
+        if bones is None:
+            bones = guess_bones(armature)
+        bones = dict(bones)
+        if "root" in bones and "head" not in bones:
+            bones["head"] = bones.pop("root")
+        eyes = np.asarray(capture["eyes"], np.float64)
+        sources = {"head": relative_head_rotation(capture),
+                   "jaw": np.asarray(capture["jaw"], np.float64),
+                   "left_eye": eyes[:, 0], "right_eye": eyes[:, 1]}
+        curves = {}
+        for role, r in sources.items():
+            b = bones.get(role)
+            if b and b in armature.pose.bones:
+                curves[b] = r
+                summary["bones"][role] = b
+            else:
+                summary["missing_bones"].append(role)
+        name = f"{base}|{armature.name}"
+        action, bag = blender_anim.ensure_action(armature, name)
+        summary["keys"] += rig_build.write_bone_rotations(bag, armature, curves, frames, world=True)
+        summary["actions"][armature.name] = action.name
+
+    if set_scene:
+        rig_build.set_scene_timing(bpy.context.scene, capture.fps, frame_start, N)
+    return summary
+
+
+__all__ = ["arkit_name_mapping", "unmapped_keys", "find_targets", "guess_bones",
+           "bake_capture", "relative_head_rotation", "median_rotation"]

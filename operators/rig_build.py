@@ -1,0 +1,457 @@
+"""Build a head rig in Blender from a HeadModel and animate it from a Capture.
+
+The rig is one mesh object (basis = the model's neutral, one shape key per expression
+component, optional pose-corrective shape keys) skinned by an armature with one bone per
+model joint (root, neck, jaw, left_eye, right_eye for FLAME and the open head).
+
+Axes. Head models and captures use +X = the subject's left, +Y up, +Z out of the face
+(metres). Blender is Z-up and a character faces -Y (towards the Front view), so a model
+point ``(x, y, z)`` becomes ``(x, -z, y)`` in Blender (:func:`model_to_blender`, a rotation
+of +90 degrees about X, matrix :data:`C`). Rotations convert the same way: an axis-angle
+``r`` in model axes is ``C @ r`` in Blender axes.
+
+Bones (rest pose, armature space; every bone's local X axis is the subject's left, +X):
+
+=========== ============================== ==================================================
+bone        head -> tail                   local axes (Y along the bone)
+=========== ============================== ==================================================
+root, neck  joint -> straight up (+Z)      X subject's left, Y up, Z out of the face (-Y):
+                                           the local axes ARE the model axes, so a FLAME
+                                           axis-angle is the bone's local axis-angle as is
+jaw         joint -> towards the chin      X subject's left, Y forward-and-down, Z forward-up;
+            (forward and down)             a positive rotation about local X opens the mouth
+left_eye,   eye centre -> forward (-Y)     X subject's left, Y gaze direction, Z down
+right_eye
+=========== ============================== ==================================================
+
+Pose bones use ``rotation_mode = 'QUATERNION'`` (no gimbal problems, and the FBX exporter
+bakes them to Euler itself). A joint's model-space axis-angle ``r`` (relative to its parent,
+as in FLAME's LBS) is the bone-local axis-angle ``B.T @ C @ r`` where ``B`` is the bone's
+rest orientation in armature space; the quaternion curves are made sign-continuous so the
+interpolation between keys never takes the long way round.
+
+Head rotation: ``capture['head_rotation']`` is the rotation from the head frame to the
+camera frame (zero = facing the camera), so keyed on the root bone it turns the rig as the
+actor turned relative to the camera (the rig's rest pose faces the Front view, i.e. the
+camera). The retarget (``retarget_bake``) keys it relative to the capture's median pose.
+"""
+from __future__ import annotations
+
+import math
+
+import bpy
+import numpy as np
+
+from . import blender_anim
+from ._core import capture_file, head_model  # noqa: F401  (capture_file: type of `capture`)
+
+# model (x, y, z) -> Blender (x, -z, y): +90 degrees about X.
+C = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+ARKIT_SLIDER = (-1.0, 2.0)
+OTHER_SLIDER = (-10.0, 10.0)  # Blender's hard limits
+POSE_CORRECTIVE_PREFIX = "pose_corrective_"
+
+_UP = np.array([0.0, 0.0, 1.0])
+_FORWARD = np.array([0.0, -1.0, 0.0])
+
+
+def model_to_blender(v) -> np.ndarray:
+    """(..., 3) model-axis points or vectors -> Blender axes: (x, y, z) -> (x, -z, y)."""
+    v = np.asarray(v)
+    return np.stack([v[..., 0], -v[..., 2], v[..., 1]], axis=-1)
+
+
+def blender_to_model(v) -> np.ndarray:
+    """Inverse of :func:`model_to_blender`: (x, y, z) -> (x, z, -y)."""
+    v = np.asarray(v)
+    return np.stack([v[..., 0], v[..., 2], -v[..., 1]], axis=-1)
+
+
+# ---------------------------------------------------------------- rotation math (numpy)
+
+def rotvec_to_quat(r: np.ndarray) -> np.ndarray:
+    """(..., 3) axis-angle -> (..., 4) unit quaternions (w, x, y, z), w >= 0 for |r| <= pi."""
+    r = np.asarray(r, dtype=np.float64)
+    theta = np.linalg.norm(r, axis=-1, keepdims=True)
+    half = 0.5 * theta
+    # sin(theta/2)/theta, with its limit 1/2 at theta -> 0
+    k = np.where(theta > 1e-8, np.sin(half) / np.maximum(theta, 1e-300), 0.5 - theta**2 / 48.0)
+    return np.concatenate([np.cos(half), r * k], axis=-1)
+
+
+def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
+    """(..., 4) unit quaternions (w, x, y, z) -> (..., 3) axis-angle with angle in [0, pi]."""
+    q = np.asarray(q, dtype=np.float64)
+    q = np.where(q[..., :1] < 0, -q, q)
+    s = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(s, q[..., :1])
+    k = np.where(s > 1e-12, angle / np.maximum(s, 1e-300), 2.0)
+    return q[..., 1:] * k
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of (..., 4) quaternions (w, x, y, z)."""
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, np.float64), -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
+def quat_continuous(q: np.ndarray) -> np.ndarray:
+    """Flip signs of an (N, 4) quaternion sequence so consecutive keys have dot >= 0."""
+    q = np.array(q, dtype=np.float64)
+    if len(q) < 2:
+        return q
+    d = np.einsum("ij,ij->i", q[1:], q[:-1])
+    flips = np.cumprod(np.where(d < 0, -1.0, 1.0))
+    q[1:] *= flips[:, None]
+    return q
+
+
+def bone_rest_rotation(arm_obj, bone_name: str, world: bool = False) -> np.ndarray:
+    """3x3 rest orientation of a bone (columns = its local axes) in armature space, or in world
+    space (armature object rotation included, scale removed) when ``world``."""
+    B = np.array(arm_obj.data.bones[bone_name].matrix_local.to_3x3(), dtype=np.float64)
+    if world:
+        W = np.array(arm_obj.matrix_world.to_3x3(), dtype=np.float64)
+        B = W @ B
+        B /= np.linalg.norm(B, axis=0, keepdims=True)
+    return B
+
+
+def model_rotvec_to_bone_quat(r_model: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(N, 3) model-axis axis-angle of a joint (relative to its parent) -> (N, 4) continuous
+    bone-local quaternions for a bone whose rest orientation is ``B`` (Blender axes)."""
+    r_local = np.asarray(r_model, np.float64) @ (B.T @ C).T
+    return quat_continuous(rotvec_to_quat(r_local))
+
+
+# ---------------------------------------------------------------- building
+
+def _collection(collection):
+    return collection if collection is not None else bpy.context.scene.collection
+
+
+def _bone_direction(model, j: int, name: str, verts_b: np.ndarray) -> np.ndarray:
+    lname = name.lower()
+    if "eye" in lname:
+        return _FORWARD.copy()
+    if "jaw" in lname:
+        # Towards the centroid of the vertices the jaw moves, kept in the mid-sagittal plane.
+        w = model.lbs_weights[:, j].astype(np.float64)
+        head = C @ model.joints[j]
+        if w.sum() > 1e-6:
+            d = (w[:, None] * verts_b).sum(0) / w.sum() - head
+            d[0] = 0.0
+            n = np.linalg.norm(d)
+            if n > 1e-6 and d[1] < 0 and d[2] < 0:   # forward (-Y) and down (-Z)
+                return d / n
+        return np.array([0.0, -1.0, -1.0]) / math.sqrt(2.0)
+    return _UP.copy()
+
+
+def build_head_object(model, name: str, collection=None, with_armature: bool = True,
+                      shape: np.ndarray | None = None, with_pose_correctives: bool = True):
+    """Create the head mesh (and its armature) in Blender.
+
+    Args:
+        model: a ``head_model.HeadModel``.
+        name: name of the mesh object; the armature object is ``name + "_rig"``.
+        collection: where to link the objects (the scene's master collection by default).
+        with_armature: build the armature, vertex groups and Armature modifier.
+        shape: optional identity coefficients (S,) baked into the basis with
+            ``model.shape_basis`` (joint positions stay the model's).
+        with_pose_correctives: when the model has ``posedirs``, add one shape key per
+            pose-corrective component (``pose_corrective_000``...), keyed per frame by
+            :func:`animate_head_rig` (drivers would be lost in FBX).
+    Returns:
+        (mesh_obj, arm_obj or None).
+    """
+    coll = _collection(collection)
+    V = model.n_vertices
+    v = np.asarray(model.v_template, np.float64)
+    if shape is not None and model.shape_basis is not None:
+        s = np.asarray(shape, np.float64)
+        S = min(len(s), model.shape_basis.shape[0])
+        v = v + np.tensordot(s[:S], model.shape_basis[:S].astype(np.float64), axes=1)
+    vb = model_to_blender(v)
+    faces = np.asarray(model.faces, np.int32)
+    F = faces.shape[0]
+
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(V)
+    me.vertices.foreach_set("co", vb.astype(np.float32).ravel())
+    me.loops.add(3 * F)
+    me.loops.foreach_set("vertex_index", faces.ravel())
+    me.polygons.add(F)
+    me.polygons.foreach_set("loop_start", np.arange(0, 3 * F, 3, dtype=np.int32))
+    me.update(calc_edges=True)
+    me.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
+    if model.uv is not None:
+        uvl = me.uv_layers.new(name="UVMap")
+        uvl.data.foreach_set("uv", np.asarray(model.uv, np.float32)[faces.ravel()].ravel())
+    if me.validate(verbose=False):
+        raise head_model.HeadModelError(f"head model {model.name!r} produced an invalid mesh")
+    me.update()
+
+    obj = bpy.data.objects.new(name, me)
+    coll.objects.link(obj)
+
+    # Shape keys: relative to the basis, one per expression component.
+    basis = obj.shape_key_add(name="Basis", from_mix=False)
+    basis.interpolation = "KEY_LINEAR"
+    from ._core import arkit
+    is_arkit = set(model.expression_names) <= set(arkit.ARKIT_NAMES)
+    lo, hi = ARKIT_SLIDER if is_arkit else OTHER_SLIDER
+    eb = model_to_blender(np.asarray(model.expression_basis, np.float64))
+    for k, ename in enumerate(model.expression_names):
+        kb = obj.shape_key_add(name=str(ename), from_mix=False)
+        kb.slider_min, kb.slider_max = lo, hi
+        kb.data.foreach_set("co", (vb + eb[k]).astype(np.float32).ravel())
+    if with_pose_correctives and model.posedirs is not None:
+        pd = model_to_blender(np.asarray(model.posedirs, np.float64).reshape(-1, V, 3))
+        for p in range(pd.shape[0]):
+            kb = obj.shape_key_add(name=f"{POSE_CORRECTIVE_PREFIX}{p:03d}", from_mix=False)
+            kb.slider_min, kb.slider_max = OTHER_SLIDER
+            kb.data.foreach_set("co", (vb + pd[p]).astype(np.float32).ravel())
+    obj.data.shape_keys.use_relative = True
+
+    if not with_armature:
+        return obj, None
+
+    arm_data = bpy.data.armatures.new(name + "_rig")
+    arm_obj = bpy.data.objects.new(name + "_rig", arm_data)
+    coll.objects.link(arm_obj)
+    arm_data.display_type = "STICK"
+
+    heights = vb[:, 2].max() - vb[:, 2].min()
+    length = max(0.25 * heights, 1e-3)
+    joints_b = model_to_blender(np.asarray(model.joints, np.float64))
+
+    view_layer = bpy.context.view_layer
+    prev_active = view_layer.objects.active
+    if bpy.context.mode != "OBJECT" and prev_active is not None:
+        bpy.ops.object.mode_set(mode="OBJECT")
+    # Edit mode needs the armature in the view layer: link it to the scene for a moment when
+    # the target collection is not in it.
+    view_layer.update()   # the view layer's object list is resynced lazily
+    temp_link = arm_obj.name not in view_layer.objects
+    if temp_link:
+        bpy.context.scene.collection.objects.link(arm_obj)
+    view_layer.objects.active = arm_obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    try:
+        ebones = []
+        for j, jname in enumerate(model.joint_names):
+            eb_ = arm_data.edit_bones.new(str(jname))
+            d = _bone_direction(model, j, str(jname), vb)
+            L = length * (0.3 if "eye" in str(jname).lower() else 1.0)
+            eb_.head = joints_b[j].tolist()
+            eb_.tail = (joints_b[j] + L * d).tolist()
+            z = np.cross([1.0, 0.0, 0.0], d)   # local X = +X (the subject's left)
+            eb_.align_roll(z.tolist())
+            eb_.use_deform = True
+            ebones.append(eb_)
+        for j, p in enumerate(model.parents):
+            if p >= 0:
+                ebones[j].parent = ebones[int(p)]
+                ebones[j].use_connect = False
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        view_layer.objects.active = prev_active
+        if temp_link:
+            bpy.context.scene.collection.objects.unlink(arm_obj)
+
+    for pb in arm_obj.pose.bones:
+        pb.rotation_mode = "QUATERNION"
+
+    # Vertex groups from the LBS weights: one add() call per distinct weight value.
+    W = np.asarray(model.lbs_weights, np.float32)
+    for j, jname in enumerate(model.joint_names):
+        vg = obj.vertex_groups.new(name=str(jname))
+        w = W[:, j]
+        idx = np.nonzero(w > 1e-6)[0]
+        if idx.size == 0:
+            continue
+        vals, inv = np.unique(w[idx], return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.searchsorted(inv[order], np.arange(len(vals) + 1))
+        for u in range(len(vals)):
+            vg.add(idx[order[bounds[u]:bounds[u + 1]]].tolist(), float(vals[u]), "REPLACE")
+
+    mod = obj.modifiers.new("Armature", "ARMATURE")
+    mod.object = arm_obj
+    mod.use_vertex_groups = True
+    mod.use_bone_envelopes = False
+    mod.use_deform_preserve_volume = False
+    obj.parent = arm_obj
+    obj.matrix_parent_inverse.identity()
+    return obj, arm_obj
+
+
+# ---------------------------------------------------------------- animation
+
+def set_scene_timing(scene, fps: float, frame_start: int, n_frames: int) -> None:
+    """Scene frame range [frame_start, frame_start + n - 1] and frame rate (``fps_base``
+    carries non-integer rates: 29.97 -> fps 30, fps_base 1.001)."""
+    ifps = max(1, int(round(fps)))
+    scene.render.fps = ifps
+    scene.render.fps_base = ifps / float(fps)
+    scene.frame_start = int(frame_start)
+    scene.frame_end = int(frame_start) + max(n_frames, 1) - 1
+
+
+def _pose_matrices(capture) -> dict[str, np.ndarray]:
+    """Per-role model-axis axis-angle curves (N, 3) from a capture."""
+    eyes = np.asarray(capture["eyes"], np.float64)
+    return {"root": np.asarray(capture["head_rotation"], np.float64),
+            "jaw": np.asarray(capture["jaw"], np.float64),
+            "left_eye": eyes[:, 0], "right_eye": eyes[:, 1]}
+
+
+def write_bone_rotations(channelbag, arm_obj, curves: dict[str, np.ndarray], frames,
+                         world: bool = False) -> int:
+    """Key ``rotation_quaternion`` of each bone in ``curves`` ({bone: (N,3) model-axis
+    axis-angle relative to its parent}). Returns the number of keys written."""
+    n_keys = 0
+    for bone, r in curves.items():
+        pb = arm_obj.pose.bones[bone]
+        pb.rotation_mode = "QUATERNION"
+        q = model_rotvec_to_bone_quat(r, bone_rest_rotation(arm_obj, bone, world=world))
+        path = pb.path_from_id("rotation_quaternion")
+        for i in range(4):
+            blender_anim.write_fcurve(channelbag, path, i, frames, q[:, i], group=bone)
+        n_keys += 4 * len(frames)
+    return n_keys
+
+
+def pose_corrective_features(pose: np.ndarray) -> np.ndarray:
+    """FLAME pose-corrective weights: (R_j - I) of the non-root joints, flattened.
+
+    Args:
+        pose: (N, J, 3) model-axis axis-angle per joint.
+    Returns:
+        (N, 9 * (J - 1)), in the order of ``posedirs`` rows (joint-major, row-major 3x3).
+    """
+    pose = np.asarray(pose, np.float64)
+    R = head_model.rodrigues(pose[:, 1:])
+    return (R - np.eye(3)).reshape(pose.shape[0], -1)
+
+
+def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
+                     channels: str = "expression", action_name: str | None = None,
+                     scene=None) -> dict:
+    """Key the rig built by :func:`build_head_object` from a capture, one key per frame.
+
+    Shape keys come from ``capture['expression']`` (columns named by
+    ``capture.names['expression']``) or, with ``channels="arkit"``, from the 52 ARKit curves
+    (matched to the shape keys by :func:`retarget_bake.arkit_name_mapping`). Bones: root from
+    ``head_rotation`` (relative to facing the camera), jaw from ``jaw``, eyes from ``eyes``;
+    the neck keeps its rest pose. On ARKit-basis rigs, whose jaw* and eyeLook* shapes already
+    move the jaw and the eyes, the jaw and eye bones are left at rest (keyed ``jawOpen`` /
+    ``eyeLookOutLeft`` tell), so nothing moves twice. Sets the scene's frame range and rate.
+
+    Returns:
+        a summary: {"frames": (first, last), "shape_keys": [...], "missing": [...],
+        "bones": [...], "keys": int}.
+    """
+    if channels not in ("expression", "arkit"):
+        raise ValueError(f"channels must be 'expression' or 'arkit', not {channels!r}")
+    scene = scene or bpy.context.scene
+    N = capture.n_frames
+    frames = frame_start + np.arange(N, dtype=np.float64)
+    base = action_name or _capture_stem(capture)
+    key = mesh_obj.data.shape_keys
+    summary = {"frames": (int(frames[0]), int(frames[-1])), "shape_keys": [], "missing": [],
+               "bones": [], "keys": 0}
+
+    if key is not None:
+        _, bag = blender_anim.ensure_action(key, f"{base}|{mesh_obj.name}")
+        present = {kb.name for kb in key.key_blocks}
+        if channels == "expression":
+            cols = list(capture.names["expression"])
+            data = np.asarray(capture["expression"])
+            pairs = [(c, [c]) for c in cols]
+        else:
+            from .retarget_bake import arkit_name_mapping
+            from ._core import arkit
+            cols = list(arkit.ARKIT_NAMES)
+            data = np.asarray(capture["arkit"])
+            mapping = arkit_name_mapping([kb.name for kb in key.key_blocks[1:]])
+            pairs = [(c, mapping.get(c, [])) for c in cols]
+        for j, (col, targets) in enumerate(pairs):
+            targets = [t for t in targets if t in present]
+            if not targets:
+                summary["missing"].append(col)
+                continue
+            for t in targets:
+                blender_anim.write_fcurve(bag, f'key_blocks["{_esc(t)}"].value', 0,
+                                          frames, data[:, j])
+                summary["shape_keys"].append(t)
+                summary["keys"] += N
+        if channels == "expression" and not summary["shape_keys"]:
+            raise ValueError(f"none of the capture's {len(cols)} expression components "
+                             f"({', '.join(cols[:3])}...) is a shape key of {mesh_obj.name}; "
+                             "capture with the same head model, or use channels='arkit'")
+        pc = [kb.name for kb in key.key_blocks if kb.name.startswith(POSE_CORRECTIVE_PREFIX)]
+        if pc and arm_obj is not None:
+            model_joints = [b.name for b in arm_obj.data.bones]
+            pose = np.zeros((N, len(model_joints), 3))
+            for role, r in _pose_matrices(capture).items():
+                if role in model_joints:
+                    pose[:, model_joints.index(role)] = r
+            feats = pose_corrective_features(pose)
+            for p, kname in enumerate(sorted(pc)):
+                if p < feats.shape[1]:
+                    blender_anim.write_fcurve(bag, f'key_blocks["{kname}"].value', 0,
+                                              frames, feats[:, p])
+                    summary["keys"] += N
+
+    if arm_obj is not None:
+        _, abag = blender_anim.ensure_action(arm_obj, f"{base}|{arm_obj.name}")
+        curves = {b: r for b, r in _pose_matrices(capture).items() if b in arm_obj.pose.bones}
+        # On an ARKit-basis rig (the open head model) the jaw* and eyeLook* shapes ARE the
+        # jaw and eye motion; rotating the jaw/eye bones as well would apply it twice.
+        if "jawOpen" in summary["shape_keys"]:
+            curves.pop("jaw", None)
+            summary["jaw_from"] = "shape keys"
+        if "eyeLookOutLeft" in summary["shape_keys"]:
+            curves.pop("left_eye", None)
+            curves.pop("right_eye", None)
+            summary["eyes_from"] = "shape keys"
+        for pb in arm_obj.pose.bones:
+            pb.rotation_mode = "QUATERNION"
+            pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+        summary["keys"] += write_bone_rotations(abag, arm_obj, curves, frames, world=False)
+        summary["bones"] = list(curves)
+
+    set_scene_timing(scene, capture.fps, frame_start, N)
+    return summary
+
+
+def _esc(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _capture_stem(capture) -> str:
+    """A name for actions baked from ``capture``: the source video's file stem."""
+    src = capture.meta.get("source")
+    path = src.get("path") if isinstance(src, dict) else src
+    if not path:
+        path = capture.meta.get("capture_path") or capture.meta.get("name") or "capture"
+    stem = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    for suf in (capture_file.SUFFIX, ".npz"):
+        if stem.endswith(suf):
+            stem = stem[: -len(suf)]
+    if "." in stem:
+        stem = stem.rsplit(".", 1)[0] or stem
+    return stem or "capture"
+
+
+__all__ = ["C", "model_to_blender", "blender_to_model", "build_head_object",
+           "animate_head_rig", "set_scene_timing", "rotvec_to_quat", "quat_to_rotvec",
+           "quat_mul", "quat_continuous", "model_rotvec_to_bone_quat", "bone_rest_rotation",
+           "write_bone_rotations", "pose_corrective_features"]
