@@ -135,7 +135,9 @@ def _bone_words(name: str) -> list[str]:
 def guess_bones(armature) -> dict[str, str]:
     """Guess the head, neck, jaw and eye bones of an armature from their names.
 
-    Knows our own rig (root, neck, jaw, left_eye, right_eye: the root carries the head),
+    Knows our own rig (root, neck, jaw, left_eye, right_eye: the neck bone sits at the base
+    of the skull and carries the head, so the head rotation goes there and the neck below
+    stays put),
     Mixamo (``mixamorig:Head``, ``mixamorig:LeftEye``), Character Creator
     (``CC_Base_Head``, ``CC_Base_JawRoot``, ``CC_Base_L_Eye``), Rigify/ Blender style
     (``head``, ``jaw``, ``eye.L``), ``eye_L``, ``LeftEye``, ``Eye_Left``...
@@ -145,8 +147,7 @@ def guess_bones(armature) -> dict[str, str]:
     bones = [b.name for b in armature.data.bones]
     names = set(bones)
     if {"root", "neck", "jaw", "left_eye", "right_eye"} <= names:
-        return {"head": "root", "neck": "neck", "jaw": "jaw",
-                "left_eye": "left_eye", "right_eye": "right_eye"}
+        return {"head": "neck", "jaw": "jaw", "left_eye": "left_eye", "right_eye": "right_eye"}
     want = {
         "head": [["head"]],
         "neck": [["neck"]],

@@ -56,7 +56,7 @@ def test_fbx_roundtrip_shape_keys_and_bones(empty_scene, tmp_path, frame_start, 
         assert np.abs(vals - cap.column("arkit", c)).max() < 1e-3, c
     # bones: the re-imported jaw/head/eye rotation curves equal what we baked
     mine = blender_anim.read_fcurves(arm)
-    for bone in ("jaw", "root", "left_eye"):
+    for bone in ("jaw", "neck", "left_eye"):
         q_b = np.stack([mine[(f'pose.bones["{bone}"].rotation_quaternion', i)][1] for i in range(4)], -1)
         fr, q_i = got["Hero_rig"]["bones"][bone]["rotation_quaternion"]
         q_i = np.stack([np.interp(frames, fr, q_i[:, i]) for i in range(4)], -1)

@@ -105,7 +105,7 @@ def test_guess_bones_common_rigs(empty_scene):
                                   ("jaw", (0, 0, 1), (0, -1, 1), "neck", None),
                                   ("left_eye", (1, 0, 2), (1, -1, 2), "neck", None),
                                   ("right_eye", (-1, 0, 2), (-1, -1, 2), "neck", None)])
-    assert guess_bones(ours) == {"head": "root", "neck": "neck", "jaw": "jaw",
+    assert guess_bones(ours) == {"head": "neck", "jaw": "jaw",
                                  "left_eye": "left_eye", "right_eye": "right_eye"}
     mix = make_armature("mixamo", [
         ("mixamorig:Hips", (0, 0, 0), (0, 0, 1), None, None),
