@@ -1,0 +1,51 @@
+"""Blender-side code: operators (thin: they call the core), settings, and the Blender
+library modules they use (rig_build, retarget_bake, fbx_io, blender_anim).
+
+Importing this package imports nothing (not even bpy), so the bpy-free :mod:`.worker` can be
+tested alone; :func:`register` imports the operator modules. The library modules, and through
+them numpy and the core, are imported only when an operator runs.
+"""
+import importlib
+
+# Registration order: settings first (operators and panels read scene.emoca).
+MODULES = ("properties", "ops_capture", "ops_rig", "ops_retarget", "ops_export")
+
+_registered: list = []
+
+
+def _modules():
+    return [importlib.import_module(f"{__name__}.{m}") for m in MODULES]
+
+
+def classes() -> list:
+    """Every operator class, in registration order (properties excluded)."""
+    out = []
+    for mod in _modules()[1:]:
+        out.extend(mod.CLASSES)
+    return out
+
+
+def register():
+    import bpy
+    if _registered:
+        unregister()
+    mods = _modules()
+    mods[0].register()
+    _registered.append(mods[0].unregister)
+    for cls in classes():
+        bpy.utils.register_class(cls)
+        _registered.append(lambda cls=cls: cls.is_registered and bpy.utils.unregister_class(cls))
+
+
+def unregister():
+    import sys
+    # A running capture must not outlive the add-on (nor keep writing a file).
+    ops_capture = sys.modules.get(f"{__name__}.ops_capture")
+    if ops_capture is not None:
+        ops_capture.cancel_active_job()
+    while _registered:
+        undo = _registered.pop()
+        try:
+            undo()
+        except (RuntimeError, ValueError) as e:  # already gone: keep unregistering the rest
+            print(f"EMOCA: unregister: {e}")

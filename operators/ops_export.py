@@ -1,0 +1,171 @@
+"""Export operators: the animated character (or actor rig) as FBX, the scene as a .blend.
+
+``fbx_io`` does the writing; these only pick the objects, the frame range and the file.
+"""
+import os
+import traceback
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper
+
+from . import properties
+from .ops_capture import capture_stem
+
+
+def _with_children(objects) -> list:
+    """The objects plus the meshes an armature deforms (its children)."""
+    out, seen = [], set()
+    for o in objects:
+        for x in [o] + (list(o.children_recursive) if o.type == 'ARMATURE' else []):
+            if x.name not in seen:
+                seen.add(x.name)
+                out.append(x)
+    return out
+
+
+def export_objects(context, which: str) -> list:
+    props = context.scene.emoca
+    if which == 'SELECTED':
+        objs = list(getattr(context, "selected_objects", None) or ())
+    elif which == 'ACTOR':
+        objs = [o for o in (props.actor_armature, props.actor_mesh) if o is not None]
+    else:
+        objs = [o for o in (props.target_armature, props.target_mesh) if o is not None]
+    return _with_children(objs)
+
+
+def default_source(context) -> str:
+    props = context.scene.emoca
+    if props.target_mesh is not None or props.target_armature is not None:
+        return 'TARGETS'
+    if props.actor_mesh is not None or props.actor_armature is not None:
+        return 'ACTOR'
+    return 'SELECTED'
+
+
+def export_problem(context) -> str | None:
+    if getattr(context.scene, "emoca", None) is None:
+        return "The EMOCA add-on is not registered"
+    if not export_objects(context, default_source(context)):
+        return "Nothing to export: build the actor rig, retarget onto a character, or select " \
+               "objects"
+    return None
+
+
+def _default_path(context, ext: str) -> str:
+    props = context.scene.emoca
+    cap = properties.abspath(props.capture_path)
+    if cap:
+        return os.path.join(os.path.dirname(cap), capture_stem(cap) + ext)
+    blend = bpy.data.filepath
+    if blend:
+        return os.path.splitext(blend)[0] + ext
+    return "face_animation" + ext
+
+
+_SOURCES = [('TARGETS', "Character", "The retarget targets (Face Mesh and Armature fields)"),
+            ('ACTOR', "Actor Rig", "The actor rig built from the capture"),
+            ('SELECTED', "Selected", "The selected objects")]
+
+
+class EMOCA_OT_export_fbx(bpy.types.Operator, ExportHelper):
+    """Export the animated face (shape keys and bones) as FBX, over the scene's frame range"""
+
+    bl_idname = "emoca.export_fbx"
+    bl_label = "Export Face Animation (FBX)"
+    bl_options = {'REGISTER'}
+
+    filename_ext = ".fbx"
+    filter_glob: StringProperty(default="*.fbx", options={'HIDDEN'})
+    source: EnumProperty(name="Objects", description="What to export", items=_SOURCES,
+                         default='TARGETS')
+
+    @classmethod
+    def poll(cls, context):
+        problem = export_problem(context)
+        if problem:
+            cls.poll_message_set(problem)
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if not self.properties.is_property_set("source"):
+            self.source = default_source(context)
+        if not self.filepath:
+            self.filepath = _default_path(context, self.filename_ext)
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        objects = export_objects(context, self.source)
+        if not objects:
+            self.report({'ERROR'}, f"Nothing to export as {self.source.lower()}: "
+                        f"{export_problem(context) or 'no objects'}")
+            return {'CANCELLED'}
+        path = bpy.path.ensure_ext(properties.abspath(self.filepath) or
+                                   _default_path(context, ".fbx"), ".fbx")
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            self.report({'ERROR'}, f"Folder does not exist: {folder}")
+            return {'CANCELLED'}
+        scene = context.scene
+        try:
+            from . import fbx_io
+            out = fbx_io.export_fbx(path, objects, frame_start=scene.frame_start,
+                                    frame_end=scene.frame_end)
+        except (OSError, ValueError) as e:
+            self.report({'ERROR'}, f"FBX export failed: {e}")
+            return {'CANCELLED'}
+        except Exception as e:  # noqa: BLE001 - reported, with the traceback on the console
+            traceback.print_exc()
+            self.report({'ERROR'}, f"FBX export failed: {type(e).__name__}: {e}")
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Exported {len(objects)} objects, frames {scene.frame_start}-"
+                    f"{scene.frame_end}, to {out}")
+        return {'FINISHED'}
+
+
+class EMOCA_OT_save_capture_blend(bpy.types.Operator, ExportHelper):
+    """Save the scene (rig, character and baked animation) as a .blend file next to the
+    capture"""
+
+    bl_idname = "emoca.save_capture_blend"
+    bl_label = "Save Blend File with Capture"
+    bl_options = {'REGISTER'}
+
+    filename_ext = ".blend"
+    filter_glob: StringProperty(default="*.blend", options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        if getattr(context.scene, "emoca", None) is None:
+            cls.poll_message_set("The EMOCA add-on is not registered")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if not self.filepath:
+            self.filepath = _default_path(context, self.filename_ext)
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        path = bpy.path.ensure_ext(properties.abspath(self.filepath) or
+                                   _default_path(context, ".blend"), ".blend")
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            self.report({'ERROR'}, f"Folder does not exist: {folder}")
+            return {'CANCELLED'}
+        try:
+            from . import fbx_io
+            out = fbx_io.save_blend(path)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            self.report({'ERROR'}, f"Saving {os.path.basename(path)} failed: {e}")
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Saved {out or path}")
+        return {'FINISHED'}
+
+
+CLASSES = (EMOCA_OT_export_fbx, EMOCA_OT_save_capture_blend)

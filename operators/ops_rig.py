@@ -1,0 +1,165 @@
+"""Rig operators: build the actor's head rig from a capture, add the bundled sample character.
+
+Thin: they gather the scene settings and call ``rig_build`` (Blender data) with the core's
+Capture and head model; every failure becomes one readable report.
+"""
+import os
+import traceback
+
+import bpy
+
+from . import properties, worker
+from .ops_capture import capture_file_problem, capture_stem, load_capture
+
+COLLECTION = "EMOCA"
+OPEN_HEAD = "open_head.npz"
+SAMPLE_CHARACTER = "sample_character.npz"
+
+
+def bundled_path(name: str) -> str:
+    """Path of a model in ``bundled_models/`` (without importing the core: used by poll)."""
+    return str(worker.EXTENSION_ROOT / "bundled_models" / name)
+
+
+def ensure_collection(scene, name: str = COLLECTION):
+    """The scene's ``EMOCA`` collection, created and linked when missing."""
+    coll = bpy.data.collections.get(name)
+    if coll is None:
+        coll = bpy.data.collections.new(name)
+    if coll.name not in scene.collection.children and coll != scene.collection:
+        try:
+            scene.collection.children.link(coll)
+        except RuntimeError:
+            pass  # already linked somewhere below the scene collection
+    return coll
+
+
+def select_only(context, objects) -> None:
+    objects = [o for o in objects if o is not None]
+    view_layer = context.view_layer
+    for o in view_layer.objects:
+        if o.select_get():
+            o.select_set(False)
+    for o in objects:
+        if o.name in view_layer.objects:
+            o.select_set(True)
+    if objects and objects[0].name in view_layer.objects:
+        view_layer.objects.active = objects[0]
+
+
+def _unexpected(op, what: str, e: Exception) -> set:
+    traceback.print_exc()
+    op.report({'ERROR'}, f"{what} failed: {type(e).__name__}: {e}")
+    return {'CANCELLED'}
+
+
+class EMOCA_OT_build_rig(bpy.types.Operator):
+    """Build the actor's head (mesh with expression shape keys, and an armature) from the
+    bundled open head model and animate it with the capture"""
+
+    bl_idname = "emoca.build_rig"
+    bl_label = "Build Actor Rig from Capture"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        problem = capture_file_problem(context)
+        if problem is None and not os.path.isfile(bundled_path(OPEN_HEAD)):
+            problem = f"{OPEN_HEAD} is missing from bundled_models/ (rebuild it, see README)"
+        if problem:
+            cls.poll_message_set(problem)
+            return False
+        return True
+
+    def execute(self, context):
+        from ._core import capture_file, head_model
+        props = context.scene.emoca
+        try:
+            cap = load_capture(context)
+            model = head_model.load_head_model(head_model.bundled(OPEN_HEAD))
+        except (capture_file.CaptureError, head_model.HeadModelError) as e:
+            self.report({'ERROR'}, str(e))
+            return {'CANCELLED'}
+        channels = props.rig_channels
+        if channels == 'AUTO':
+            cols = tuple(cap.names.get("expression", ()))
+            channels = "expression" if cols and set(cols) <= set(model.expression_names) \
+                else "arkit"
+        try:
+            from . import rig_build
+            shape = cap.get("shape")
+            kw = {"shape": shape} if shape is not None and getattr(shape, "size", 0) else {}
+            stem = capture_stem(properties.abspath(props.capture_path))
+            mesh, arm = rig_build.build_head_object(
+                model, f"Actor_{stem}", collection=ensure_collection(context.scene),
+                with_armature=True, **kw)
+            summary = rig_build.animate_head_rig(mesh, arm, cap, frame_start=props.frame_start,
+                                                 channels=channels)
+        except ValueError as e:
+            self.report({'ERROR'}, f"Build rig failed: {e}")
+            return {'CANCELLED'}
+        except Exception as e:  # noqa: BLE001 - reported, with the traceback on the console
+            return _unexpected(self, "Build rig", e)
+        props.actor_mesh = mesh
+        if arm is not None:
+            props.actor_armature = arm
+        select_only(context, [arm or mesh, mesh])
+        n_keys = len(summary.get("shape_keys", ())) if isinstance(summary, dict) else 0
+        first, last = (summary.get("frames") if isinstance(summary, dict) else None) or \
+            (props.frame_start, props.frame_start + cap.n_frames - 1)
+        msg = f"Built {mesh.name}: {n_keys} animated shape keys, frames {first}-{last}"
+        missing = summary.get("missing", []) if isinstance(summary, dict) else []
+        if missing:
+            msg += f" ({len(missing)} capture channels have no shape key)"
+        self.report({'INFO'}, msg)
+        return {'FINISHED'}
+
+
+class EMOCA_OT_add_sample_character(bpy.types.Operator):
+    """Add the bundled sample character (a head with ARKit-named shape keys and head, jaw and
+    eye bones) and make it the retarget target"""
+
+    bl_idname = "emoca.add_sample_character"
+    bl_label = "Add Sample Character"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        if getattr(context.scene, "emoca", None) is None:
+            cls.poll_message_set("The EMOCA add-on is not registered")
+            return False
+        if not os.path.isfile(bundled_path(SAMPLE_CHARACTER)):
+            cls.poll_message_set(f"{SAMPLE_CHARACTER} is missing from bundled_models/ "
+                                 "(rebuild it, see README)")
+            return False
+        return True
+
+    def execute(self, context):
+        from ._core import head_model
+        props = context.scene.emoca
+        try:
+            model = head_model.load_head_model(head_model.bundled(SAMPLE_CHARACTER))
+        except head_model.HeadModelError as e:
+            self.report({'ERROR'}, str(e))
+            return {'CANCELLED'}
+        try:
+            from . import rig_build
+            mesh, arm = rig_build.build_head_object(
+                model, "Sample_Character", collection=ensure_collection(context.scene),
+                with_armature=True)
+        except Exception as e:  # noqa: BLE001
+            return _unexpected(self, "Add sample character", e)
+        # Beside the actor rather than inside it.
+        for o in (arm, mesh):
+            if o is not None and o.parent is None:
+                o.location.x += 0.3
+        props.target_mesh = mesh
+        if arm is not None:
+            props.target_armature = arm
+        props.use_selection = False
+        select_only(context, [arm or mesh, mesh])
+        self.report({'INFO'}, f"Added {mesh.name} as the retarget target")
+        return {'FINISHED'}
+
+
+CLASSES = (EMOCA_OT_build_rig, EMOCA_OT_add_sample_character)

@@ -1,0 +1,221 @@
+"""View3D > Sidebar > "EMOCA": Capture, Rig, Retarget, Export, in the order of the job.
+
+Drawing is cheap: paths are checked with ``os.path``, the capture summary comes from the
+sidecar JSON (cached), and the reasons a button is disabled are the same sentences the
+operators' poll() gives (``*_problem`` functions), shown under the button.
+"""
+import os
+
+import bpy
+
+try:
+    from ..operators import ops_capture, ops_export, ops_retarget, properties, worker
+except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
+    from operators import ops_capture, ops_export, ops_retarget, properties, worker
+
+
+def _reason(layout, problem) -> None:
+    if problem:
+        row = layout.row()
+        row.alert = False
+        row.label(text=problem, icon='INFO')
+
+
+def _button(layout, idname: str, problem, icon: str = 'NONE', text: str | None = None):
+    row = layout.row()
+    row.scale_y = 1.3
+    row.enabled = problem is None
+    if text is None:
+        row.operator(idname, icon=icon)
+    else:
+        row.operator(idname, icon=icon, text=text)
+    _reason(layout, problem)
+
+
+class _EmocaPanel:
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "EMOCA"
+
+    @classmethod
+    def poll(cls, context):
+        return getattr(context.scene, "emoca", None) is not None
+
+
+class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
+    bl_idname = "EMOCA_PT_capture"
+    bl_label = "Capture"
+    bl_order = 0
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        props = context.scene.emoca
+        job = ops_capture.active_job()
+
+        col = layout.column()
+        col.enabled = job is None
+        col.prop(props, "video_path")
+        col.prop(props, "capture_path", text="Output")
+        out = ops_capture.output_path(props)
+        if out and not props.capture_path:
+            sub = col.row()
+            sub.alignment = 'RIGHT'
+            sub.label(text=os.path.basename(out), icon='FILE')
+        col.separator()
+        col.prop(props, "backend")
+        backend = next((b for b in worker.BACKENDS if b.id == props.backend), None)
+        if backend is not None:
+            sub = col.row()
+            sub.alignment = 'RIGHT'
+            sub.label(text=f"Licence: {backend.licence}")
+        sub = col.column()
+        sub.active = props.backend != "mediapipe"  # MediaPipe runs on the CPU
+        sub.prop(props, "device")
+        col.prop(props, "face_index")
+        col.prop(props, "filter_strength")
+
+        layout.separator()
+        if job is not None:
+            p = job.progress
+            layout.progress(factor=p.factor, type='BAR', text=p.text())
+            if p.message:
+                layout.label(text=p.message, icon='INFO')
+            row = layout.row()
+            row.scale_y = 1.3
+            row.operator("emoca.cancel_capture", icon='CANCEL')
+            layout.label(text="Esc also cancels")
+        else:
+            _button(layout, "emoca.capture", ops_capture.capture_problem(context), icon='REC')
+        if props.status and job is None:
+            layout.label(text=props.status,
+                         icon='ERROR' if props.last_error else 'CHECKMARK')
+        if props.last_error and job is None:
+            box = layout.box()
+            box.alert = True
+            box.label(text=props.last_error, icon='ERROR')
+            if props.last_log:
+                box.label(text=f"Log: {os.path.basename(props.last_log)}")
+        if job is None:
+            python, source = properties.worker_python(context)
+            if source == "this Python" and props.backend == "mediapipe":
+                layout.label(text="Worker: Blender's Python (set it in preferences)",
+                             icon='PREFERENCES')
+
+
+class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
+    bl_idname = "EMOCA_PT_rig"
+    bl_label = "Rig"
+    bl_order = 1
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        props = context.scene.emoca
+
+        path = properties.abspath(props.capture_path)
+        if path:
+            if os.path.isfile(path):
+                meta = ops_capture.capture_summary(path)
+                text = ops_capture.summary_text(meta) if meta else "no sidecar (incomplete?)"
+                layout.label(text=f"{os.path.basename(path)}: {text}", icon='FILE_MOVIE')
+            else:
+                layout.label(text=f"Capture file not found: {os.path.basename(path)}",
+                             icon='ERROR')
+        else:
+            layout.label(text="No capture yet", icon='INFO')
+        col = layout.column()
+        col.prop(props, "capture_path", text="Capture")
+        col.prop(props, "frame_start")
+        col.prop(props, "rig_channels")
+        _button(layout, "emoca.build_rig", ops_capture.capture_file_problem(context),
+                icon='OUTLINER_OB_ARMATURE')
+        if props.actor_mesh is not None:
+            layout.label(text=f"Actor: {props.actor_mesh.name}", icon='MESH_DATA')
+        layout.separator()
+        layout.operator("emoca.add_sample_character", icon='USER')
+
+
+class EMOCA_PT_retarget(_EmocaPanel, bpy.types.Panel):
+    bl_idname = "EMOCA_PT_retarget"
+    bl_label = "Retarget"
+    bl_order = 2
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        props = context.scene.emoca
+
+        col = layout.column()
+        col.prop(props, "use_selection")
+        sub = col.column()
+        sub.active = not props.use_selection
+        sub.prop(props, "target_mesh")
+        sub.prop(props, "target_armature")
+        targets = ops_retarget.target_objects(context)
+        n_keys = 0
+        for o in targets:
+            key = getattr(o.data, "shape_keys", None) if o.type == 'MESH' else None
+            if key is not None:
+                n_keys += max(0, len(key.key_blocks) - 1)
+        if targets:
+            col.label(text=f"{len(targets)} objects, {n_keys} shape keys", icon='OBJECT_DATA')
+        col.prop(props, "frame_start")
+        cap_problem = ops_capture.capture_file_problem(context)
+        target_problem = ops_retarget.targets_problem(context)
+        _button(layout, "emoca.retarget", cap_problem or target_problem, icon='ACTION')
+        if cap_problem and target_problem:
+            _reason(layout, target_problem)
+
+
+class EMOCA_PT_export(_EmocaPanel, bpy.types.Panel):
+    bl_idname = "EMOCA_PT_export"
+    bl_label = "Export"
+    bl_order = 3
+
+    def draw(self, context):
+        layout = self.layout
+        scene = context.scene
+        layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at "
+                     f"{scene.render.fps / scene.render.fps_base:.4g} fps")
+        _button(layout, "emoca.export_fbx", ops_export.export_problem(context), icon='EXPORT')
+        layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
+
+
+class EMOCA_MT_face_capture(bpy.types.Menu):
+    """Every EMOCA operator in one menu (Object > EMOCA Face Capture), which also makes them
+    findable with F3 menu search"""
+
+    bl_idname = "EMOCA_MT_face_capture"
+    bl_label = "EMOCA Face Capture"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("emoca.capture", icon='REC')
+        layout.operator("emoca.cancel_capture", icon='CANCEL')
+        layout.separator()
+        layout.operator("emoca.build_rig", icon='OUTLINER_OB_ARMATURE')
+        layout.operator("emoca.add_sample_character", icon='USER')
+        layout.operator("emoca.retarget", icon='ACTION')
+        layout.separator()
+        layout.operator("emoca.export_fbx", icon='EXPORT')
+        layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
+
+
+def menu_object(self, context):
+    self.layout.separator()
+    self.layout.menu(EMOCA_MT_face_capture.bl_idname, icon='MONKEY')
+
+
+def menu_export(self, context):
+    self.layout.operator("emoca.export_fbx", text="EMOCA Face Animation (.fbx)")
+
+
+CLASSES = (EMOCA_PT_capture, EMOCA_PT_rig, EMOCA_PT_retarget, EMOCA_PT_export,
+           EMOCA_MT_face_capture)
+
+# (menu class name, draw function) appended on register, removed on unregister.
+MENU_HOOKS = (("VIEW3D_MT_object", menu_object), ("TOPBAR_MT_file_export", menu_export))
