@@ -7,8 +7,16 @@ them numpy and the core, are imported only when an operator runs.
 """
 import importlib
 
-# Registration order: settings first (operators and panels read scene.emoca).
-MODULES = ("properties", "ops_capture", "ops_rig", "ops_retarget", "ops_export")
+# Registration order: settings first (operators and panels read scene.emoca). One module a
+# line: add new ones at the end of their group.
+MODULES = (
+    "properties",
+    "ops_capture",
+    "ops_rig",
+    "ops_runtime",
+    "ops_retarget",
+    "ops_export",
+)
 
 _registered: list = []
 

@@ -23,7 +23,7 @@ from . import properties, worker
 TIMER_INTERVAL = 0.1  # seconds between polls of the worker
 
 # The one capture job of this Blender session (a second capture waits for the first).
-_ACTIVE: dict[str, worker.WorkerJob | None] = {"job": None}
+_ACTIVE: dict[str, worker.WorkerJob | None] = {"job": None, "last": None}
 
 
 def active_job() -> worker.WorkerJob | None:
@@ -81,7 +81,7 @@ def capture_problem(context) -> str | None:
         return f"Output folder does not exist: {folder}"
     python, source = properties.worker_python(context)
     if not os.path.isfile(python):
-        return f"Worker Python not found: {python} (set it in the add-on preferences)"
+        return f"Worker Python not found: {python} ({source}). {worker.PREFERENCE_HINT}"
     return None
 
 
@@ -239,22 +239,30 @@ class EMOCA_OT_capture(bpy.types.Operator):
 
     def _start(self, context) -> worker.WorkerJob | None:
         props = context.scene.emoca
+        # Checked again here: the video or the worker Python may have gone since poll().
+        problem = capture_problem(context)
+        if problem:
+            self.report({'ERROR'}, f"Cannot capture: {problem}")
+            props.last_error = problem
+            props.status = "Capture not started"
+            return None
         video = properties.abspath(props.video_path)
         out = output_path(props)
         python, _source = properties.worker_python(context)
-        cache = properties.abspath(properties.get_prefs(context).cache_folder)
         cmd = worker.capture_command(
-            python, video, out, backend=props.backend, device=props.device,
+            python, video, out, backend=props.backend, device=properties.device(context),
             face_index=props.face_index, filter_strength=props.filter_strength,
-            cache_dir=cache or None)
+            cache_dir=properties.cache_folder(context))
         job = worker.WorkerJob(cmd, output=out)
         try:
             job.start()
         except worker.WorkerError as e:
             self.report({'ERROR'}, str(e))
             props.last_error = str(e)
+            props.status = "Capture not started"
             return None
         _ACTIVE["job"] = job
+        _ACTIVE["last"] = job
         self._job = job
         props.is_capturing = True
         props.progress = 0.0
@@ -382,7 +390,13 @@ class EMOCA_OT_cancel_capture(bpy.types.Operator):
         if not cancel_active_job():
             self.report({'WARNING'}, "No capture is running")
             return {'CANCELLED'}
-        # The modal operator sees the job cancelled at its next timer tick and cleans up.
+        # The modal operator sees the job cancelled at its next timer tick and cleans up;
+        # the scene shows it at once (also when no modal operator is left to do it).
+        props = context.scene.emoca
+        props.is_capturing = False
+        props.status = "Capture cancelled"
+        props.progress_text = ""
+        self.report({'INFO'}, "Capture cancelled; partial output deleted")
         tag_redraw(context)
         return {'FINISHED'}
 

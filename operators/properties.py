@@ -4,12 +4,13 @@ Only bpy and the bpy-free :mod:`.worker` are imported here: registering must sta
 """
 
 import os
+import time
 
 import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from . import worker
+from . import runtime, worker
 
 #: The add-on's module name as Blender knows it ("bl_ext.user_default.emoca_blender" for the
 #: extension, "emoca_blender" as a legacy add-on): the key of its preferences.
@@ -17,7 +18,74 @@ ADDON_ID = (__package__ or "").rpartition(".")[0] or "emoca_blender"
 
 
 # --------------------------------------------------------------------------------------
+# Folders
+
+
+def user_folder(sub: str = "", create: bool = False) -> str:
+    """The add-on's writable folder: ``bpy.utils.extension_path_user`` when running as an
+    extension (``.../extensions/.user/user_default/emoca_blender/SUB``), else (a legacy
+    add-on, scripts) ``~/.cache/emoca_blender/SUB``."""
+    path = ""
+    if ADDON_ID.startswith("bl_ext."):
+        try:
+            path = bpy.utils.extension_path_user(ADDON_ID, path=sub, create=create)
+        except (ValueError, RuntimeError, OSError):
+            path = ""
+    if not path:
+        path = os.path.join(os.path.expanduser("~"), ".cache", "emoca_blender", sub)
+        if create:
+            os.makedirs(path, exist_ok=True)
+    return os.path.normpath(path)
+
+
+def runtime_venv() -> str:
+    """Where Install Runtime puts the worker's virtual environment."""
+    return user_folder("runtime")
+
+
+def cache_folder(context=None) -> str:
+    """The capture cache: the preference, else ``<user folder>/cache``."""
+    return abspath(get_prefs(context).cache_folder) or user_folder("cache")
+
+
+# --------------------------------------------------------------------------------------
 # Preferences
+
+_STATUS_CACHE: dict = {}
+
+
+def file_status(kind: str, path: str) -> "runtime.FileStatus":
+    """The status line of a model-file preference (``flame``, ``emoca``, ``deca``), cached
+    by path, mtime and size: cheap enough for draw(). Never imports torch: existence, size
+    and magic bytes only (see runtime.py)."""
+    path = abspath(path)
+    try:
+        st = os.stat(path) if path else None
+        stamp = (st.st_mtime_ns, st.st_size) if st else None
+    except OSError:
+        stamp = None
+    key = (kind, path)
+    hit = _STATUS_CACHE.get(key)
+    if hit is not None and hit[0] == stamp and hit[2] > time.monotonic():
+        return hit[1]
+    if kind == "flame":
+        status = runtime.check_flame_folder(path)
+    else:
+        status = runtime.check_checkpoint(path, kind)
+    # A folder's contents change without its stamp changing (much): look again after 2 s.
+    _STATUS_CACHE[key] = (stamp, status, time.monotonic() + 2.0)
+    return status
+
+
+_DEVICE_ITEMS = [('auto', "Auto", "CUDA when available, else the CPU"),
+                 ('cpu', "CPU", "Always the CPU"),
+                 ('cuda', "CUDA", "An NVIDIA GPU (the worker Python needs torch with CUDA)")]
+
+
+def _status_row(layout, status, label: str = "") -> None:
+    row = layout.row()
+    row.alert = status.state in (runtime.MISSING, runtime.WRONG)
+    row.label(text=(label + status.text) if label else status.text, icon=status.icon)
 
 
 class EMOCA_AddonPreferences(bpy.types.AddonPreferences):
@@ -26,40 +94,91 @@ class EMOCA_AddonPreferences(bpy.types.AddonPreferences):
     worker_python: StringProperty(
         name="Worker Python",
         description="Python interpreter that runs the capture worker (needs numpy, opencv, "
-                    "mediapipe; torch for the FLAME/EMOCA backends). Empty: the add-on's own "
-                    ".venv if there is one, else Blender's Python",
+                    "mediapipe; torch for the FLAME/EMOCA backends). Empty: the runtime made "
+                    "by Install Runtime, else the add-on's own .venv if there is one, else "
+                    "Blender's Python",
         subtype='FILE_PATH', default="")
+    device: EnumProperty(
+        name="Device", description="Where the network backends run by default (a scene can "
+        "override it in the Capture panel). MediaPipe always runs on the CPU",
+        items=_DEVICE_ITEMS, default='auto')
     cache_folder: StringProperty(
         name="Cache Folder",
         description="Where finished captures are cached, keyed by video content, backend and "
-                    "settings, so running the same capture again is instant. Empty: "
-                    "~/.cache/emoca_blender",
+                    "settings, so running the same capture again is instant. Empty: the "
+                    "extension's user folder",
         subtype='DIR_PATH', default="")
     flame_folder: StringProperty(
         name="FLAME Folder",
-        description="(Not used yet: for the flame-fit and emoca backends, coming later.) "
-                    "Folder holding the FLAME model you downloaded (generic_model.pkl)",
+        description="Folder holding the FLAME model you downloaded from flame.is.tue.mpg.de "
+                    "(generic_model.pkl for FLAME 2020, flame2023.pkl for FLAME 2023), for "
+                    "the flame-fit and EMOCA backends",
         subtype='DIR_PATH', default="")
     emoca_checkpoint: StringProperty(
         name="EMOCA Checkpoint",
-        description="(Not used yet: for the emoca backend, coming later.) EMOCA v2 .ckpt file "
-                    "(non-commercial research licence)",
+        description="EMOCA v2 checkpoint (.ckpt, or the folder it was unpacked into), for the "
+                    "EMOCA backend (non-commercial research licence)",
         subtype='FILE_PATH', default="")
+    deca_checkpoint: StringProperty(
+        name="DECA Checkpoint",
+        description="DECA model (deca_model.tar), for the detail (displacement) decoder when "
+                    "the EMOCA checkpoint has none (non-commercial research licence)",
+        subtype='FILE_PATH', default="")
+    runtime_with_torch: BoolProperty(
+        name="Include torch",
+        description="Also install torch (about 1 GB; only the FLAME and EMOCA backends need it)",
+        default=False)
+    runtime_wheel_folder: StringProperty(
+        name="Wheel Folder",
+        description="Install from the wheels in this folder only (pip --no-index "
+                    "--find-links): no network. Empty: download from the Python Package Index "
+                    "(needs Online Access)",
+        subtype='DIR_PATH', default="")
+    runtime_status: StringProperty(name="Runtime Status", default="", options={'SKIP_SAVE'})
 
     def draw(self, context):
-        layout = self.layout
-        col = layout.column()
-        col.prop(self, "worker_python")
-        path, source = worker.resolve_worker_python(bpy.path.abspath(self.worker_python))
-        row = col.row()
-        row.alignment = 'RIGHT'
-        icon = 'CHECKMARK' if os.path.isfile(path) else 'ERROR'
-        row.label(text=f"Using {path} ({source})", icon=icon)
-        col.prop(self, "cache_folder")
-        box = layout.box()
-        box.label(text="Later backends (placeholders, not used yet)", icon='INFO')
-        box.prop(self, "flame_folder")
-        box.prop(self, "emoca_checkpoint")
+        draw_preferences(self, self.layout, context)
+
+
+def draw_preferences(prefs, layout, context) -> None:
+    """The preferences UI (a function so tests can draw it with a recording layout)."""
+    col = layout.column()
+    col.label(text="Worker", icon='CONSOLE')
+    col.prop(prefs, "worker_python")
+    path, source = worker.resolve_worker_python(abspath(prefs.worker_python),
+                                                runtime_venv=runtime_venv())
+    row = col.row()
+    ok = os.path.isfile(path)
+    row.alert = not ok
+    row.label(text=f"Using {path} ({source})" if ok else f"Not found: {path} ({source})",
+              icon='CHECKMARK' if ok else 'ERROR')
+    col.prop(prefs, "device")
+    col.prop(prefs, "cache_folder")
+    row = col.row()
+    row.label(text=f"Cache: {cache_folder(context)}", icon='FILE_FOLDER')
+
+    box = layout.box()
+    box.label(text="Install Runtime (a Python environment for the worker)", icon='PACKAGE')
+    box.label(text=f"Into {runtime_venv()} (no admin rights needed)")
+    box.prop(prefs, "runtime_with_torch")
+    box.prop(prefs, "runtime_wheel_folder")
+    if not prefs.runtime_wheel_folder and not bpy.app.online_access:
+        box.label(text="Online Access is off (Preferences > System > Network): choose a "
+                       "wheel folder, or allow it", icon='INTERNET_OFFLINE')
+    row = box.row()
+    row.operator("emoca.install_runtime", icon='IMPORT').dry_run = False
+    row.operator("emoca.install_runtime", text="Show Commands", icon='TEXT').dry_run = True
+    if prefs.runtime_status:
+        for line in prefs.runtime_status.splitlines()[:12]:
+            box.label(text=line)
+
+    box = layout.box()
+    box.label(text="Models for the FLAME and EMOCA backends (your downloads, never bundled)",
+              icon='MESH_MONKEY')
+    for prop, kind in (("flame_folder", "flame"), ("emoca_checkpoint", "emoca"),
+                       ("deca_checkpoint", "deca")):
+        box.prop(prefs, prop)
+        _status_row(box, file_status(kind, getattr(prefs, prop)))
 
 
 class _DefaultPrefs:
@@ -67,9 +186,14 @@ class _DefaultPrefs:
     that call register() directly)."""
 
     worker_python = ""
+    device = "auto"
     cache_folder = ""
     flame_folder = ""
     emoca_checkpoint = ""
+    deca_checkpoint = ""
+    runtime_with_torch = False
+    runtime_wheel_folder = ""
+    runtime_status = ""
 
 
 def get_prefs(context=None):
@@ -89,7 +213,16 @@ def abspath(path: str) -> str:
 def worker_python(context=None) -> tuple[str, str]:
     """``(path, source)`` of the Python that runs the worker (see worker.resolve_worker_python)."""
     prefs = get_prefs(context)
-    return worker.resolve_worker_python(bpy.path.abspath(prefs.worker_python))
+    return worker.resolve_worker_python(abspath(prefs.worker_python),
+                                        runtime_venv=runtime_venv())
+
+
+def device(context=None) -> str:
+    """The device the capture asks for: the scene's choice, else the preference."""
+    context = context or bpy.context
+    props = getattr(context.scene, "emoca", None)
+    d = getattr(props, "device", "PREFS") if props is not None else "PREFS"
+    return get_prefs(context).device if d == "PREFS" else d
 
 
 # --------------------------------------------------------------------------------------
@@ -123,10 +256,9 @@ class EMOCA_SceneProperties(bpy.types.PropertyGroup):
         items=_BACKEND_ITEMS, default=worker.BACKENDS[0].id)
     device: EnumProperty(
         name="Device", description="Where the network backends run (MediaPipe runs on the CPU)",
-        items=[('auto', "Auto", "CUDA when available, else the CPU"),
-               ('cpu', "CPU", "Always the CPU"),
-               ('cuda', "CUDA", "An NVIDIA GPU")],
-        default='auto')
+        items=[('PREFS', "From Preferences", "The device chosen in the add-on preferences")]
+        + _DEVICE_ITEMS,
+        default='PREFS')
     face_index: IntProperty(
         name="Face", description="Which face to track when several appear: 0 = the largest "
         "at the start, 1 = the next largest...", default=0, min=0, soft_max=8)

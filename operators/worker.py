@@ -43,6 +43,11 @@ SIDECAR_SUFFIX = ".capture.json"
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 
 
+#: Where the user fixes a bad worker Python (said in every message about it).
+PREFERENCE_HINT = ("Set Edit > Preferences > Add-ons > EMOCA Face Capture > Worker Python, "
+                   "or click Install Runtime there")
+
+
 class WorkerError(RuntimeError):
     """The worker could not be started; the message is one line meant for the user."""
 
@@ -83,18 +88,24 @@ def venv_python(root: str | os.PathLike) -> Path | None:
     return None
 
 
-def resolve_worker_python(preference: str = "", root: str | os.PathLike = EXTENSION_ROOT
-                          ) -> tuple[str, str]:
+def resolve_worker_python(preference: str = "", root: str | os.PathLike = EXTENSION_ROOT,
+                          runtime_venv: str | os.PathLike | None = None) -> tuple[str, str]:
     """The Python that runs the worker and where that choice came from.
 
-    The preference wins when set; else the project's ``.venv`` next to the add-on (a
-    development checkout installed as the add-on); else the Python running this code
-    (Blender's own, which then needs the worker's packages installed).
-    Returns ``(path, source)`` with source ``"preferences"``, ``"add-on .venv"`` or
-    ``"this Python"``.
+    The preference wins when set; else the runtime that Install Runtime made
+    (``runtime_venv``, in the extension's user folder) when it has a Python; else the
+    project's ``.venv`` next to the add-on (a development checkout installed as the add-on);
+    else the Python running this code (Blender's own, which then needs the worker's packages
+    installed). Returns ``(path, source)`` with source ``"preferences"``,
+    ``"installed runtime"``, ``"add-on .venv"`` or ``"this Python"``.
     """
     if preference and preference.strip():
         return os.path.expanduser(preference.strip()), "preferences"
+    if runtime_venv:
+        for rel in (("bin", "python"), ("Scripts", "python.exe")):
+            p = Path(runtime_venv).joinpath(*rel)
+            if p.is_file():
+                return str(p), "installed runtime"
     v = venv_python(root)
     if v is not None:
         return str(v), "add-on .venv"
@@ -223,6 +234,12 @@ def error_line(stderr_lines: Sequence[str], returncode: int | None,
             if line.strip():
                 msg = line.strip()
                 break
+    if msg and returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        msg += f" (the worker died: {name})"
     if not msg:
         if returncode is not None and returncode < 0:
             try:
@@ -292,6 +309,7 @@ class WorkerJob:
         self.returncode: int | None = None
         self.events: list[dict[str, Any]] = []  # non-progress events (done, error, message)
         self.messages: list[str] = []
+        self.progress_count = 0  # progress lines received (the UI shows the latest only)
         self.started_at = 0.0
         self.ended_at = 0.0
         self._json_error: str | None = None
@@ -343,8 +361,11 @@ class WorkerJob:
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, encoding="utf-8", errors="replace", bufsize=1, **kw)
         except FileNotFoundError:
-            raise WorkerError(f"Worker Python {self.cmd[0]} not found: set it in the add-on "
-                              "preferences") from None
+            raise WorkerError(f"Worker Python not found: {self.cmd[0]}. {PREFERENCE_HINT}") \
+                from None
+        except PermissionError:
+            raise WorkerError(f"Worker Python is not executable: {self.cmd[0]}. "
+                              f"{PREFERENCE_HINT}") from None
         except OSError as e:
             raise WorkerError(f"Cannot start the worker {self.cmd[0]}: {e.strerror or e}") \
                 from None
@@ -480,6 +501,7 @@ class WorkerJob:
                 self.progress.message = text
             return
         p = self.progress
+        self.progress_count += 1
         if stage and stage != p.stage:
             self._log.append(raw)  # the first line of each stage goes to the log
             p.stage = stage
@@ -560,7 +582,7 @@ class WorkerJob:
         return path
 
 
-__all__ = ["WorkerJob", "WorkerError", "Progress", "Backend", "BACKENDS", "capture_command",
+__all__ = ["WorkerJob", "WorkerError", "PREFERENCE_HINT", "Progress", "Backend", "BACKENDS", "capture_command",
            "resolve_worker_python", "venv_python", "default_output_for", "log_path_for",
            "sidecar_for", "parse_progress_line", "error_line", "format_seconds",
            "EXTENSION_ROOT", "IDLE", "RUNNING", "DONE", "FAILED", "CANCELLED"]

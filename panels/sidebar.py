@@ -32,7 +32,35 @@ def _button(layout, idname: str, problem, icon: str = 'NONE', text: str | None =
     _reason(layout, problem)
 
 
+#: Model-file preferences each backend needs (kind for properties.file_status, preference).
+BACKEND_MODELS = {
+    "mediapipe": (),
+    "flame-fit": (("flame", "flame_folder"),),
+    "emoca": (("flame", "flame_folder"), ("emoca", "emoca_checkpoint")),
+}
+
+
+def _model_status(layout, context, backend: str) -> None:
+    """One line per model file the backend needs: found, or what is wrong (preferences)."""
+    needs = BACKEND_MODELS.get(backend, ())
+    if not needs:
+        row = layout.row()
+        row.alignment = 'RIGHT'
+        row.label(text="Model: bundled, nothing to download", icon='CHECKMARK')
+        return
+    prefs = properties.get_prefs(context)
+    for kind, prop in needs:
+        st = properties.file_status(kind, getattr(prefs, prop, ""))
+        row = layout.row()
+        row.alert = not st.ok
+        row.label(text=st.text if st.ok else f"{st.text} (set it in the preferences)",
+                  icon=st.icon)
+
+
 class _EmocaPanel:
+    """Shared by every EMOCA sidebar panel (also those in other modules of panels/): the
+    View3D sidebar tab "EMOCA", shown when the add-on's scene settings exist."""
+
     bl_space_type = 'VIEW_3D'
     bl_region_type = 'UI'
     bl_category = "EMOCA"
@@ -75,6 +103,7 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
         sub.prop(props, "device")
         col.prop(props, "face_index")
         col.prop(props, "filter_strength")
+        _model_status(col, context, props.backend)
 
         layout.separator()
         if job is not None:
@@ -99,8 +128,10 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
                 box.label(text=f"Log: {os.path.basename(props.last_log)}")
         if job is None:
             python, source = properties.worker_python(context)
-            if source == "this Python" and props.backend == "mediapipe":
-                layout.label(text="Worker: Blender's Python (set it in preferences)",
+            if not os.path.isfile(python):
+                pass  # the button's reason says so
+            elif source == "this Python" and props.backend == "mediapipe":
+                layout.label(text="Worker: Blender's Python (Install Runtime in preferences)",
                              icon='PREFERENCES')
 
 
@@ -133,7 +164,14 @@ class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
         _button(layout, "emoca.build_rig", ops_capture.capture_file_problem(context),
                 icon='OUTLINER_OB_ARMATURE')
         if props.actor_mesh is not None:
-            layout.label(text=f"Actor: {props.actor_mesh.name}", icon='MESH_DATA')
+            mesh = props.actor_mesh
+            keys = getattr(mesh.data, "shape_keys", None)
+            n = max(0, len(keys.key_blocks) - 1) if keys is not None else 0
+            arm = props.actor_armature
+            text = f"Actor: {mesh.name}, {n} shape keys"
+            if arm is not None:
+                text += f", {len(arm.data.bones)} bones"
+            layout.label(text=text, icon='MESH_DATA')
         layout.separator()
         layout.operator("emoca.add_sample_character", icon='USER')
 
@@ -203,6 +241,8 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.separator()
         layout.operator("emoca.export_fbx", icon='EXPORT')
         layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
+        layout.separator()
+        layout.operator("emoca.install_runtime", icon='PACKAGE')
 
 
 def menu_object(self, context):

@@ -30,7 +30,7 @@ HAS_BPY = importlib.util.find_spec("bpy") is not None
 needs_bpy = pytest.mark.skipif(not HAS_BPY, reason="the bpy module is not installed")
 
 OPERATORS = ("capture", "cancel_capture", "build_rig", "add_sample_character", "retarget",
-             "export_fbx", "save_capture_blend")
+             "export_fbx", "save_capture_blend", "install_runtime")
 PANELS = ("EMOCA_PT_capture", "EMOCA_PT_rig", "EMOCA_PT_retarget", "EMOCA_PT_export")
 HEAVY = ("torch", "mediapipe", "cv2")
 REGISTER_LIMIT_S = 0.2
@@ -76,7 +76,8 @@ MOD = "bl_ext.user_default.emoca_blender"
 
 
 def result(obj):
-    print("RESULT " + json.dumps(obj), flush=True)
+    sys.stderr.flush()
+    print("\nRESULT " + json.dumps(obj), flush=True)  # own line, whatever was printed before
 
 
 def install(enable=False):
@@ -157,8 +158,9 @@ def test_zip_holds_what_an_installed_add_on_needs(built_zip):
         assert top not in ("tests", "tools", "bench", "out", "dist", ".venv", ".cache",
                            ".git", ".ci"), n
         assert "__pycache__" not in n and not n.endswith(".pyc"), n
-        assert not n.startswith("requirements"), n
         assert not any(part.startswith(".") for part in n.split("/")), n
+    # The pins Install Runtime installs travel with the add-on.
+    assert "requirements.txt" in names and "requirements-nodeps.txt" in names
 
 
 @pytest.mark.skipif(bx.find_blender_ext() is None, reason="Blender's extension tool not found")
@@ -559,9 +561,15 @@ def test_panels_draw_in_every_state_and_operators_poll(built_zip, tmp_path):
     assert "EMOCA_MT_face_capture" in res["menu"]
     drawn = res["prefs"]
     props_drawn = [x[1] for x in drawn if x[0] == "prop"]
-    assert props_drawn == ["worker_python", "cache_folder", "flame_folder", "emoca_checkpoint"]
-    assert any(x[1].startswith("Using ") for x in drawn if x[0] == "label")
-    assert any("placeholders" in x[1] for x in drawn if x[0] == "label")
+    assert props_drawn == ["worker_python", "device", "cache_folder", "runtime_with_torch",
+                           "runtime_wheel_folder", "flame_folder", "emoca_checkpoint",
+                           "deca_checkpoint"]
+    pref_labels = [x[1] for x in drawn if x[0] == "label"]
+    assert any(t.startswith("Using ") for t in pref_labels)
+    # unset model paths say so, and what needs them
+    assert sum(t.startswith("Not set (only the") for t in pref_labels) == 3, pref_labels
+    assert any(t.startswith("Cache: ") and "emoca_blender" in t for t in pref_labels)
+    assert [x[1] for x in drawn if x[0] == "operator"] == ["emoca.install_runtime"] * 2
 
 
 FAKE_WORKER = r'''

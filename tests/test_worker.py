@@ -339,3 +339,164 @@ def test_real_cli_bad_input_is_surfaced(tmp_path):
     assert job.returncode == 2, job.log_text()
     assert "missing.mp4" in job.error and "\n" not in job.error
     assert json.dumps(job.error)  # plain text
+
+
+def test_resolve_worker_python_prefers_the_installed_runtime(tmp_path):
+    rt = tmp_path / "runtime"
+    assert worker.resolve_worker_python("", root=tmp_path, runtime_venv=rt) == \
+        (sys.executable, "this Python")                      # not installed yet
+    (rt / "bin").mkdir(parents=True)
+    (rt / "bin" / "python").write_text("")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text("")
+    assert worker.resolve_worker_python("", root=tmp_path, runtime_venv=rt) == \
+        (str(rt / "bin" / "python"), "installed runtime")
+    assert worker.resolve_worker_python("/p/python", root=tmp_path, runtime_venv=rt)[1] == \
+        "preferences"
+
+
+def test_missing_worker_python_names_the_preference(tmp_path):
+    with pytest.raises(worker.WorkerError) as e:
+        WorkerJob([str(tmp_path / "nope" / "python"), "-c", "pass"]).start()
+    msg = str(e.value)
+    assert msg.startswith(f"Worker Python not found: {tmp_path / 'nope' / 'python'}")
+    assert "Preferences > Add-ons > EMOCA Face Capture > Worker Python" in msg
+    not_exec = tmp_path / "python"
+    not_exec.write_text("")
+    with pytest.raises(worker.WorkerError, match="not executable"):
+        WorkerJob([str(not_exec)]).start()
+
+
+def test_a_killed_worker_says_how_it_died(tmp_path):
+    cmd = fake(tmp_path, '''
+        emit(stage="track", frame=1, total=9)
+        print("Fatal Python error: Segmentation fault", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    ''')
+    job = WorkerJob(cmd, output=None).start()
+    assert run_to_end(job) == worker.FAILED and job.returncode == -signal.SIGSEGV
+    assert job.error == "Fatal Python error: Segmentation fault (the worker died: SIGSEGV)"
+    assert job.progress_count == 1
+
+
+# --------------------------------------------------------------------------------------
+# runtime.py: model-file status without torch, and the Install Runtime plan
+
+from operators import runtime  # noqa: E402
+
+
+def _sized(path: Path, head: bytes, size: int) -> Path:
+    """A file starting with ``head`` and ``size`` bytes long (sparse: cheap)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+def test_flame_folder_status(tmp_path):
+    assert runtime.check_flame_folder("").state == runtime.UNSET
+    assert runtime.check_flame_folder(str(tmp_path / "nope")).state == runtime.MISSING
+    d = tmp_path / "flame"
+    d.mkdir()
+    st = runtime.check_flame_folder(str(d))
+    assert st.state == runtime.MISSING and "generic_model.pkl" in st.text
+    (d / "FLAME2020.zip").write_bytes(b"PK\x03\x04")
+    st = runtime.check_flame_folder(str(d))
+    assert st.state == runtime.WRONG and "extract" in st.text
+    # one level down, as the download unpacks; a web page saved under the right name
+    html = _sized(d / "FLAME2020" / "generic_model.pkl", b"<!DOCTYPE html><html>", 30_000)
+    st = runtime.check_flame_folder(str(d))
+    assert st.state == runtime.WRONG and "web page" in st.text and st.path == str(html)
+    _sized(html, b"\x80\x02}q\x00(X", 1_000_000)                  # a pickle, but truncated
+    st = runtime.check_flame_folder(str(d))
+    assert st.state == runtime.WRONG and "only 1.0 MB" in st.text
+    _sized(html, b"\x80\x02}q\x00(X", 12 * runtime.MB)
+    (d / "FLAME2020" / "landmark_embedding.npy").write_bytes(b"\x93NUMPY")
+    st = runtime.check_flame_folder(str(d))
+    assert st.ok and st.text == ("FLAME 2020: generic_model.pkl (12.0 MB), "
+                                 "landmark_embedding.npy"), st
+    assert st.icon == "CHECKMARK"
+
+
+def test_checkpoint_status(tmp_path):
+    import zipfile
+    assert runtime.check_checkpoint("").state == runtime.UNSET
+    assert runtime.check_checkpoint(str(tmp_path / "x.ckpt")).state == runtime.MISSING
+    # a torch.save zip (what Lightning writes): a member named */data.pkl
+    ck = tmp_path / "EMOCA_v2" / "detail" / "checkpoints" / "deca-epoch=10.ckpt"
+    ck.parent.mkdir(parents=True)
+    with zipfile.ZipFile(ck, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02")
+        z.writestr("archive/data/0", os.urandom(1024))
+    st = runtime.check_checkpoint(str(ck))
+    assert st.state == runtime.WRONG and "incomplete download" in st.text   # 1 KB: too small
+    with open(ck, "ab") as f:
+        f.truncate(20 * runtime.MB)         # padded after the zip directory: unreadable
+    st = runtime.check_checkpoint(str(ck))
+    assert st.state == runtime.WRONG and "damaged zip" in st.text
+    ck.unlink()
+    with zipfile.ZipFile(ck, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02")
+        z.writestr("archive/data/0", b"\0" * (11 * runtime.MB))
+    st = runtime.check_checkpoint(str(tmp_path / "EMOCA_v2"))     # a folder is searched
+    assert st.ok and st.path == str(ck) and "torch zip" in st.text, st
+    # the downloaded archive itself is a zip too, but not a checkpoint
+    arch = tmp_path / "EMOCA_v2_lr_mse_20.zip"
+    with zipfile.ZipFile(arch, "w") as z:
+        z.writestr("EMOCA_v2_lr_mse_20/cfg.yaml", "x")
+    st = runtime.check_checkpoint(str(arch))
+    assert st.state == runtime.WRONG and "extract it" in st.text
+    # DECA's deca_model.tar: legacy torch.save (pickle with the magic number)
+    tar = _sized(tmp_path / "deca_model.tar", runtime._TORCH_LEGACY_MAGIC, 20 * runtime.MB)
+    st = runtime.check_checkpoint(str(tar), "deca")
+    assert st.ok and "legacy torch" in st.text
+    txt = tmp_path / "notes.ckpt"
+    txt.write_text("hello")
+    assert "not an EMOCA checkpoint" in runtime.check_checkpoint(str(txt)).text
+
+
+def test_status_checks_import_no_torch(tmp_path):
+    import subprocess
+    code = ("import sys; sys.path.insert(0, %r); from operators import runtime; "
+            "runtime.check_checkpoint(%r); runtime.check_flame_folder(%r); "
+            "print(sorted({'torch', 'numpy', 'pickle', 'bpy'} & set(sys.modules)))"
+            % (str(ROOT), str(tmp_path), str(tmp_path)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_install_plan_repairs_an_existing_venv(tmp_path):
+    venv = tmp_path / "rt"
+    plan = runtime.plan_install(venv, "/usr/bin/python3.11", root=ROOT)
+    assert plan.commands[0] == ["/usr/bin/python3.11", "-m", "venv", str(venv)]
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    plan = runtime.plan_install(venv, "/usr/bin/python3.11", root=ROOT)
+    assert plan.commands[0][:4] == [str(venv / "bin" / "python"), "-m", "pip", "install"]
+    assert any("repairing" in n for n in plan.notes)
+    plan = runtime.plan_install(venv, "/usr/bin/python3.11", root=ROOT, recreate=True)
+    assert plan.commands[0] == ["/usr/bin/python3.11", "-m", "venv", "--clear", str(venv)]
+    with pytest.raises(FileNotFoundError):
+        runtime.plan_install(venv, root=tmp_path)
+
+
+def test_install_plan_runner(tmp_path):
+    """runtime.py as a script, through the worker wrapper: progress, output, failure."""
+    ok = [[sys.executable, "-c", "print('step one')"], [sys.executable, "-c", "print('two')"]]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"commands": ok}))
+    script = ROOT / "operators" / "runtime.py"
+    job = WorkerJob([sys.executable, "-u", str(script), "run", str(plan)], output=None,
+                    cwd=None).start()
+    assert run_to_end(job, 60) == worker.DONE, job.log_text()
+    log = job.log_text()
+    assert "step one" in log and "two" in log and job.progress.frame == 2
+    assert [m.split(":")[0] for m in job.messages] == ["step 1/2", "step 2/2"]
+    plan.write_text(json.dumps({"commands": ok[:1] + [[sys.executable, "-c",
+                                                       "import sys; sys.exit(3)"]]}))
+    job = WorkerJob([sys.executable, "-u", str(script), "run", str(plan)], output=None,
+                    cwd=None).start()
+    assert run_to_end(job, 60) == worker.FAILED and job.returncode == 3
+    assert job.error.startswith("Step 2 failed (exit code 3)")
