@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("capture")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
     p.set_defaults(func=cmd_info)
+
+    importlib.import_module(__package__ + ".landmarks_cli").add_parser(sub)
     return ap
 
 

@@ -21,69 +21,33 @@ Pose bones are switched to ``rotation_mode = 'QUATERNION'``.
 """
 from __future__ import annotations
 
-import re
+import importlib
 
 import bpy
 import numpy as np
 
 from . import blender_anim, rig_build
-from ._core import arkit
+from ._core import arkit, core
 
-_SIDE = {"l": "left", "left": "left", "r": "right", "right": "right", "lf": "left", "rt": "right"}
-_WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+retarget = importlib.import_module(core.__name__ + ".retarget")
 
-
-def _words(name: str) -> list[str]:
-    """``CC_Base_EyeBlink_L`` -> ['cc', 'base', 'eye', 'blink', 'left'] (sides moved last)."""
-    name = name.rsplit(":", 1)[-1] if ":" in name else name
-    words = [w.lower() for part in re.split(r"[\s_.\-:|/]+", name) if part
-             for w in _WORD_RE.findall(part)]
-    sides = [i for i, w in enumerate(words) if w in _SIDE]
-    if len(sides) >= 1:
-        # A single side word, or a side word at either end, becomes the trailing side.
-        i = sides[-1] if sides[-1] == len(words) - 1 else sides[0]
-        if len(sides) == 1 or i in (0, len(words) - 1):
-            side = _SIDE[words.pop(i)]
-            words.append(side)
-    return words
+_words = retarget.words
 
 
-def _suffixes(words: list[str]) -> set[str]:
-    return {"".join(words[i:]) for i in range(len(words))}
-
-
-def arkit_name_mapping(key_names: list[str]) -> dict[str, list[str]]:
-    """Map each ARKit channel to the shape keys of a character that carry it.
-
-    Args:
-        key_names: the character's shape-key names (``Basis`` is ignored).
-    Returns:
-        {arkit_name: [key names]} for every channel that matched at least one key (a list,
-        because a channel may drive several keys, e.g. split left/right halves). Keys that
-        matched no channel are given by :func:`unmapped_keys`.
-    """
-    keys = [k for k in key_names if k and k.lower() not in ("basis", "reference")]
-    suff = {k: _suffixes(_words(k)) for k in keys}
-    whole = {k: "".join(_words(k)) for k in keys}
-    out: dict[str, list[str]] = {}
-    for ch in arkit.ARKIT_NAMES:
-        target = "".join(_words(ch))
-        hits = [k for k in keys if target in suff[k]]
-        if len(hits) > 1:
-            # prefer keys that are exactly the channel (no prefix), when some are
-            exact = [k for k in hits if whole[k] == target]
-            hits = exact or hits
-        if not hits and not (ch.endswith("Left") or ch.endswith("Right")):
-            hits = [k for k in keys if (target + "left") in suff[k] or (target + "right") in suff[k]]
-        if hits:
-            out[ch] = hits
-    return out
+def arkit_name_mapping(key_names: list[str], tables=retarget.TABLES) -> dict[str, list[str]]:
+    """Map each ARKit channel to the shape keys of a character that carry it (names in any
+    case, with prefixes, ``_L``/``_R`` splits, and the CC4 / VRM / MetaHuman alias tables).
+    See ``emoca_blender.retarget.name_mapping``."""
+    return retarget.name_mapping(key_names, tables)
 
 
 def unmapped_keys(key_names: list[str], mapping: dict[str, list[str]]) -> list[str]:
     """Shape keys that no channel of ``mapping`` drives (``Basis`` excluded)."""
-    used = {k for ks in mapping.values() for k in ks}
-    return [k for k in key_names if k not in used and k.lower() not in ("basis", "reference")]
+    return retarget.unmapped_keys(key_names, mapping)
+
+
+class RetargetError(ValueError):
+    """The targets cannot receive the capture (the message says what to do)."""
 
 
 def find_targets(objects) -> tuple[list, object | None]:
@@ -210,55 +174,105 @@ def _stem(capture) -> str:
     return rig_build._capture_stem(capture)
 
 
+def _key_names(obj) -> list[str]:
+    return [kb.name for kb in obj.data.shape_keys.key_blocks[1:]]
+
+
 def bake_capture(capture, targets, armature=None, mapping=None, bones=None, frame_start: int = 1,
-                 action_name: str | None = None, set_scene: bool = True) -> dict:
+                 action_name: str | None = None, set_scene: bool = True, *, calibration=None,
+                 neutral_frame: int | None = None, bone_settings=None, frame_range=None,
+                 curves=None, tables=retarget.TABLES) -> dict:
     """Bake a capture onto characters as plain keyframes, one key per captured frame.
 
     Args:
         capture: a ``capture_file.Capture``.
         targets: mesh objects with shape keys (an armature among them is used as
-            ``armature``).
+            ``armature``); several meshes (face, teeth, eyes...) are all driven.
         armature: the armature whose bones get the head/jaw/eye rotations (optional).
-        mapping: {arkit_name: [shape key names]}; guessed per mesh with
+        mapping: {channel: [shape key names]}; guessed per mesh with
             :func:`arkit_name_mapping` when None. Keys a mesh lacks are skipped.
         bones: {role: bone_name} for roles head, jaw, left_eye, right_eye (``root`` is taken
             as head); guessed with :func:`guess_bones` when None. Pass ``{}`` for no bones.
-        frame_start: frame of the capture's first frame.
+        frame_start: scene frame of the first baked capture frame (the frame offset).
         action_name: base name of the actions (default: the capture's source file stem);
             each target's action is ``<base>|<object name>``.
-        set_scene: set the scene's frame range and frame rate to the capture's.
+        set_scene: set the scene's frame range and frame rate to the baked range.
+        calibration: {channel: ``retarget.ChannelCalibration``} (gain, offset, clamp,
+            smoothing); channels not listed are clamped to [0, 1]. Applied, with the neutral
+            frame zeroing, when either is given.
+        neutral_frame: capture frame index where the actor rests: its expression is zeroed.
+        bone_settings: {role: ``retarget.BoneSettings``}: per-bone axis mapping, gain,
+            offset and limits; a non-empty ``bone`` there overrides ``bones[role]``.
+        frame_range: (first, last) capture frame indices to bake, inclusive (default all).
+        curves: {channel: (N,) values} to bake instead of the capture's ARKit curves (the
+            geometric solve gives one curve per shape key); with ``mapping`` None each
+            channel drives the key of the same name.
+        tables: alias tables for the name guess (see ``retarget.name_mapping``).
     Returns:
-        {"frames": (first, last), "fps": float, "keys": total keys written,
+        {"frames": (first, last) scene frames, "fps": float, "keys": total keys written,
          "actions": {object name: action name},
-         "shape_keys": {mesh name: {"mapped": {arkit: [keys]}, "unmapped_channels": [...],
+         "shape_keys": {mesh name: {"mapped": {channel: [keys]}, "unmapped_channels": [...],
                                     "unmapped_keys": [...]}},
-         "bones": {role: bone}, "missing_bones": [roles not found]}
+         "bones": {role: bone}, "missing_bones": [roles not found], "warnings": [...]}
+    Raises:
+        RetargetError: nothing to drive (no shape keys and no armature, or an armature with
+            none of the head/jaw/eye bones and no mapped shape keys), a bad frame range.
     """
-    N = capture.n_frames
+    N_all = capture.n_frames
+    lo_f, hi_f = (0, N_all - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+    if not (0 <= lo_f <= hi_f < N_all):
+        raise RetargetError(f"frame range {lo_f}-{hi_f} is outside the capture's {N_all} frames "
+                            f"(0-{N_all - 1})")
+    sel = slice(lo_f, hi_f + 1)
+    N = hi_f - lo_f + 1
     frames = frame_start + np.arange(N, dtype=np.float64)
     base = action_name or _stem(capture)
     meshes = []
     for o in targets:
+        if o is None:
+            continue
         if o.type == "ARMATURE":
             armature = armature or o
-        elif o.type == "MESH" and o.data.shape_keys is not None and o not in meshes:
+        elif (o.type == "MESH" and o.data.shape_keys is not None
+              and len(o.data.shape_keys.key_blocks) > 1 and o not in meshes):
             meshes.append(o)
-    ark = np.asarray(capture["arkit"])
-    col = {n: i for i, n in enumerate(capture.names.get("arkit", arkit.ARKIT_NAMES))}
+    if not meshes and armature is None:
+        names = ", ".join(o.name for o in targets if o is not None) or "nothing"
+        raise RetargetError(f"Nothing to retarget onto: {names} has no shape keys and no "
+                            f"armature. Select the character's face mesh (with shape keys) "
+                            f"and/or its armature")
+    if curves is not None:
+        ch_names = list(curves)
+        values = np.stack([np.asarray(curves[c], np.float64) for c in ch_names], -1)
+        if values.shape[0] != N_all:
+            raise RetargetError(f"curves have {values.shape[0]} frames, the capture {N_all}")
+    else:
+        ch_names = list(capture.names.get("arkit", arkit.ARKIT_NAMES))
+        values = np.asarray(capture["arkit"], np.float64)
+    if calibration or neutral_frame is not None:
+        values = retarget.calibrate(values, ch_names, calibration, neutral_frame)
+    values = values[sel]
+    col = {n: i for i, n in enumerate(ch_names)}
     summary = {"frames": (int(frames[0]), int(frames[-1])), "fps": capture.fps, "keys": 0,
-               "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": []}
+               "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": [], "warnings": []}
 
     for obj in meshes:
         key = obj.data.shape_keys
-        key_names = [kb.name for kb in key.key_blocks[1:]]
+        key_names = _key_names(obj)
         present = set(key_names)
-        m = arkit_name_mapping(key_names) if mapping is None else mapping
+        if mapping is not None:
+            m = mapping
+        elif curves is not None:
+            m = {c: [c] for c in ch_names}
+        else:
+            m = arkit_name_mapping(key_names, tables)
         m = {ch: [k for k in ks if k in present] for ch, ks in m.items() if ch in col}
         m = {ch: ks for ch, ks in m.items() if ks}
+        retarget.check_mapping(m)
         name = f"{base}|{obj.name}"
         action, bag = blender_anim.ensure_action(key, name)
         for ch, ks in m.items():
-            v = ark[:, col[ch]]
+            v = values[:, col[ch]]
             for k in ks:
                 blender_anim.write_fcurve(bag, f'key_blocks["{rig_build._esc(k)}"].value', 0,
                                           frames, v)
@@ -266,32 +280,51 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
         summary["actions"][obj.name] = action.name
         summary["shape_keys"][obj.name] = {
             "mapped": m,
-            "unmapped_channels": [ch for ch in arkit.ARKIT_NAMES if ch not in m],
+            "unmapped_channels": [ch for ch in ch_names if ch not in m],
             "unmapped_keys": unmapped_keys(key_names, m),
         }
 
     if armature is not None:
+        settings = dict(bone_settings or {})
         if bones is None:
             bones = guess_bones(armature)
         bones = dict(bones)
         if "root" in bones and "head" not in bones:
             bones["head"] = bones.pop("root")
+        for role, st in settings.items():
+            if getattr(st, "bone", ""):
+                bones[role] = st.bone
+        unknown = [f"{r}={b}" for r, b in bones.items()
+                   if r in retarget.ROLES and b and b not in armature.pose.bones]
+        if unknown:
+            raise RetargetError(f"armature {armature.name} has no bone(s) {', '.join(unknown)}")
         eyes = np.asarray(capture["eyes"], np.float64)
         sources = {"head": relative_head_rotation(capture),
                    "jaw": np.asarray(capture["jaw"], np.float64),
                    "left_eye": eyes[:, 0], "right_eye": eyes[:, 1]}
-        curves = {}
+        rot = {}
         for role, r in sources.items():
             b = bones.get(role)
-            if b and b in armature.pose.bones:
-                curves[b] = r
+            if b:
+                r = r[sel]
+                st = settings.get(role)
+                rot[b] = st.apply(r) if st is not None else r
                 summary["bones"][role] = b
             else:
                 summary["missing_bones"].append(role)
-        name = f"{base}|{armature.name}"
-        action, bag = blender_anim.ensure_action(armature, name)
-        summary["keys"] += rig_build.write_bone_rotations(bag, armature, curves, frames, world=True)
-        summary["actions"][armature.name] = action.name
+        if not rot:
+            listed = ", ".join(b.name for b in list(armature.data.bones)[:12])
+            msg = (f"No head, jaw or eye bone found in armature {armature.name} (bones: "
+                   f"{listed or 'none'}): pick them in the Retarget panel's Bones section")
+            if not summary["shape_keys"]:
+                raise RetargetError(msg)
+            summary["warnings"].append(msg)
+        else:
+            name = f"{base}|{armature.name}"
+            action, bag = blender_anim.ensure_action(armature, name)
+            summary["keys"] += rig_build.write_bone_rotations(bag, armature, rot, frames,
+                                                              world=True)
+            summary["actions"][armature.name] = action.name
 
     if set_scene:
         rig_build.set_scene_timing(bpy.context.scene, capture.fps, frame_start, N)
@@ -299,4 +332,4 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
 
 
 __all__ = ["arkit_name_mapping", "unmapped_keys", "find_targets", "guess_bones",
-           "bake_capture", "relative_head_rotation", "median_rotation"]
+           "bake_capture", "RetargetError", "relative_head_rotation", "median_rotation"]
