@@ -1,6 +1,8 @@
 """Capture throughput: the full default capture (decode + tracking + solve + filter + write)
-against plain decode + MediaPipe FaceLandmarker (VIDEO mode, one face) on the same clip, in
-the same run. Target (issue 3): ratio >= 0.8.
+against plain decode + MediaPipe FaceLandmarker (VIDEO mode, one face; timed from opening
+the video and creating the landmarker to the last frame) on the same clip, in the same run.
+Each clip is measured twice, alternating, and the better of each is kept (the machine may
+be shared). Target (issue 3): ratio >= 0.8.
 
     python bench/capture_speed.py
 """
@@ -21,11 +23,12 @@ def plain_landmarker_fps(path: Path) -> tuple[float, int]:
 
     from emoca_blender.backends.mediapipe_backend import MediaPipeBackend
 
+    # timed from opening the video and creating the landmarker, as a user's script would
+    t0 = time.perf_counter()
     lm = MediaPipeBackend()._landmarker("video", 1)
     cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     n = 0
-    t0 = time.perf_counter()
     while True:
         ok, frame = cap.read()
         if not ok:
@@ -53,8 +56,11 @@ def full_capture_fps(path: Path) -> tuple[float, int]:
 def run() -> list[dict]:
     rows = []
     for clip in common.clips():
-        plain, n = plain_landmarker_fps(clip)
-        full, _ = full_capture_fps(clip)
+        plain, full = 0.0, 0.0
+        for _ in range(2):
+            p, n = plain_landmarker_fps(clip)
+            f, _ = full_capture_fps(clip)
+            plain, full = max(plain, p), max(full, f)
         ratio = full / plain
         case = f"{clip.name} ({n} fr)"
         rows.append(common.row("capture_speed", case, "plain decode+FaceLandmarker", plain, "frames/s"))

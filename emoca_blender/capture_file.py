@@ -31,7 +31,9 @@ arkit          (N,52) f4    ARKit weights in [0, 1] (filtered)
 shape          (S,) f4      identity coefficients, one per capture
 ============== ============ ======================================================
 
-Optional: ``arkit_raw`` (unfiltered ARKit), ``detail`` (N,D), ``emotion_probs`` (N,E),
+Optional: ``arkit_raw`` (unfiltered ARKit), ``detail`` (N,D), ``camera`` (N,3) weak-perspective
+[scale, tx, ty] of the network's crop (emoca), ``light`` (N,9,3) spherical-harmonics lighting
+(9 bands x RGB, emoca), ``emotion_probs`` (N,E),
 ``valence`` (N,), ``arousal`` (N,), ``emotion_features`` (N,F).
 Invalid frames hold the last valid value (or the first valid one before it), never NaN.
 """
@@ -78,6 +80,8 @@ FIELDS: dict[str, tuple[tuple, str, bool]] = {
     "shape": (("S",), "f", True),
     "arkit_raw": (("N", 52), "f", False),
     "detail": (("N", "D"), "f", False),
+    "camera": (("N", 3), "f", False),
+    "light": (("N", 9, 3), "f", False),
     "emotion_probs": (("N", "E"), "f", False),
     "valence": (("N",), "f", False),
     "arousal": (("N",), "f", False),
@@ -94,6 +98,8 @@ FIXED_COLUMNS: dict[str, tuple[str, ...]] = {
     "blinks": ("left", "right"),
     "arkit": ARKIT_NAMES,
     "arkit_raw": ARKIT_NAMES,
+    "camera": ("s", "tx", "ty"),
+    "light": tuple(f"sh{k}" for k in range(9)),
 }
 NAMED_BY_WRITER = ("expression", "emotion_probs")  # the writer must supply these names
 

@@ -50,7 +50,9 @@ def _capture_settings(args):
 
     return CaptureSettings(backend=args.backend, filter_strength=args.filter,
                            max_gap=args.max_gap, face_index=args.face_index,
-                           start=args.start, end=args.end, device=args.device)
+                           start=args.start, end=args.end, device=args.device,
+                           flame_dir=getattr(args, "flame_dir", ""),
+                           emoca_checkpoint=getattr(args, "emoca_checkpoint", ""))
 
 
 def _cache_dir(args):
@@ -183,6 +185,12 @@ def _add_capture_options(p):
     p.add_argument("--end", type=int, default=None, help="stop before this frame")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="device for GPU backends (default auto)")
+    p.add_argument("--flame-dir", default="", metavar="DIR",
+                   help="your FLAME folder (generic_model.pkl + mediapipe_landmark_embedding.npz)"
+                        " for --backend flame-fit")
+    p.add_argument("--emoca-checkpoint", default="", metavar="FILE",
+                   help="EMOCA v2/v1 .ckpt or DECA deca_model.tar for --backend emoca "
+                        "(with --flame-dir)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not fill the cache")
     p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/emoca_blender)")
 

@@ -19,7 +19,8 @@ Then:
 3. It is scaled to the character's proportions by ``A = diag(a) s R``: ``s R`` the similarity
    (Procrustes) taking the actor's neutral landmarks onto the character's, ``a`` the per-axis
    ratio of the two spreads after it (a wider character gets wider smiles).
-4. Per frame, the bounded least squares ``min_w ||B w - A d_t||^2 + lambda ||w||^2`` with
+4. Per frame, the bounded least squares ``min_w sum_l r_l ||B_l w - A d_lt||^2 + lambda ||w||^2``
+   (``r_l`` each landmark's reliability, 1 without it: see :func:`reliability`) with
    ``lo <= w <= hi`` (plus a small L1 pull ``mu sum(w)`` so antagonist keys that cancel each
    other do not both switch on) is solved for all frames at once: projected coordinate
    descent from the clipped unconstrained solution, each coordinate step one vectorised
@@ -59,10 +60,12 @@ class LandmarkBasis:
     deltas: np.ndarray            # (K, L, 3) displacement of each key at the landmarks
     landmark_ids: np.ndarray      # (L,) MediaPipe landmark index of each row
     valid: np.ndarray             # (L,) bool: usable landmark
+    reliability: np.ndarray | None = None   # (L,) weight of each landmark in the solve
 
     @classmethod
     def from_mesh(cls, names, neutral_vertices, key_deltas, corr_vertices, corr_weights,
-                  valid=None, landmark_ids=None) -> "LandmarkBasis":
+                  valid=None, landmark_ids=None, view_vertices=None, view_weights=None,
+                  view_valid=None) -> "LandmarkBasis":
         """Build from mesh arrays (model axes) and a correspondence.
 
         Args:
@@ -72,6 +75,10 @@ class LandmarkBasis:
             corr_vertices, corr_weights: (L, 3) vertex triples and barycentric weights.
             valid: (L,) bool, default all.
             landmark_ids: (L,) MediaPipe indices, default 0..L-1.
+            view_vertices, view_weights, view_valid: (R, L, 3), (R, L, 3), (R, L): the
+                correspondence found in each of R renders; when given, each landmark is
+                weighted by :func:`reliability` (how little the keys' motion read there
+                changes between the renders).
         """
         cv = np.asarray(corr_vertices, np.int64)
         cw = np.asarray(corr_weights, np.float64)
@@ -79,10 +86,45 @@ class LandmarkBasis:
         kd = np.asarray(key_deltas, np.float64)
         if kd.ndim != 3 or kd.shape[0] != len(names):
             raise ValueError(f"key_deltas {kd.shape} do not match {len(names)} names")
+        valid = np.ones(L, bool) if valid is None else np.asarray(valid, bool)
+        deltas = sample(kd, cv, cw)
+        rel = None
+        if view_vertices is not None and len(view_vertices) >= 3:
+            views = np.stack([sample(kd, np.asarray(v, np.int64), np.asarray(w, np.float64))
+                              for v, w in zip(view_vertices, view_weights)])
+            vv = (np.ones(views.shape[0:1] + (L,), bool) if view_valid is None
+                  else np.asarray(view_valid, bool))
+            rel = reliability(deltas, views, vv, valid)
         return cls(names=list(names), neutral=sample(neutral_vertices, cv, cw),
-                   deltas=sample(kd, cv, cw),
+                   deltas=deltas,
                    landmark_ids=np.arange(L) if landmark_ids is None else np.asarray(landmark_ids),
-                   valid=np.ones(L, bool) if valid is None else np.asarray(valid, bool))
+                   valid=valid, reliability=rel)
+
+
+def reliability(deltas: np.ndarray, view_deltas: np.ndarray, view_valid: np.ndarray,
+                valid: np.ndarray, scale: float = 0.5) -> np.ndarray:
+    """Weight of each landmark from how much the keys' displacement read at it changes
+    between renders: ``1 / (1 + v_l / (scale * median(v)))`` with ``v_l`` the mean over
+    keys and renders of ``|B_view - B|^2``. Landmarks where a millimetre of detection error
+    moves the reading onto another lip or eyelid get little weight; those on smooth skin
+    keep about 1.
+
+    Args:
+        deltas: (K, L, 3) the keys read at the correspondence used.
+        view_deltas: (R, K, L, 3) the keys read at each render's own correspondence.
+        view_valid: (R, L) bool: render r's ray hit the face for landmark l (a miss
+            counts as the largest disagreement seen).
+        valid: (L,) bool: usable landmarks (the median is over them).
+    """
+    d2 = ((view_deltas - deltas[None]) ** 2).sum(-1).mean(1)          # (R, L)
+    m = np.asarray(view_valid, bool)
+    # a render whose ray missed the face there disagrees as much as any render does
+    worst = float(d2[m].max()) if m.any() else 0.0
+    v = np.where(m, d2, worst).mean(0)
+    ref = np.median(v[valid]) if np.any(valid) else 0.0
+    if not np.isfinite(ref) or ref <= 0:
+        return np.ones(len(v))
+    return 1.0 / (1.0 + v / (scale * ref))
 
 
 def actor_neutral(landmarks3d: np.ndarray, arkit: np.ndarray | None = None,
@@ -154,7 +196,13 @@ class GeometricSolver:
         self.actor_neutral = an[valid]
         B = basis.deltas[:, valid, :].reshape(len(self.names), -1).T    # (3L, K)
         self.B = B
-        G = B.T @ B
+        K = B.shape[1]
+        # each landmark's weight in ||B w - A d||^2 (the correspondence's reliability)
+        rel = getattr(basis, "reliability", None)
+        self.w = (np.ones(int(valid.sum())) if rel is None
+                  else np.asarray(rel, np.float64)[valid])
+        Bw = (B.reshape(-1, 3, K) * self.w[:, None, None]).reshape(-1, K)
+        G = B.T @ Bw
         K = G.shape[0]
         dg = np.maximum(np.diag(G), 1e-12 * max(float(np.diag(G).max()), 1e-30))
         self.G = G + np.diag(float(reg) * dg)      # ridge relative to each key's own size
@@ -168,7 +216,7 @@ class GeometricSolver:
         self.mu = float(sparsity) * dg
         # rows of the actor displacement map straight to B's rows: d (N,L,3) -> (N,3L) @ A^T
         # B^T (A d) = (A^T-applied B)^T d: fold A into B once
-        self.BA = np.einsum("lck,cj->ljk", B.reshape(-1, 3, K), self.A).reshape(-1, K)
+        self.BA = np.einsum("lck,cj->ljk", Bw.reshape(-1, 3, K), self.A).reshape(-1, K)
 
     def targets(self, landmarks3d: np.ndarray) -> np.ndarray:
         """(N, L, 3) actor displacements scaled to the character (the solve's right side)."""
@@ -230,5 +278,5 @@ def solve_capture(basis: LandmarkBasis, landmarks3d: np.ndarray, arkit: np.ndarr
     return GeometricSolver(basis, neutral, lower, upper, reg, sparsity).solve(lm)
 
 
-__all__ = ["LandmarkBasis", "GeometricSolver", "actor_neutral", "proportion_transform",
+__all__ = ["LandmarkBasis", "GeometricSolver", "reliability", "actor_neutral", "proportion_transform",
            "solve_capture", "blender_to_model", "sample"]

@@ -9,6 +9,7 @@ v_template         (V,3) f4    neutral vertices, metres, +Y up, +Z out of the fa
                                +X towards the subject's left (FLAME / MediaPipe frame)
 faces              (F,3) i4    triangles, counter-clockwise seen from outside
 uv                 (V,2) f4    optional per-vertex UVs in [0,1] (origin bottom-left)
+uv_coords/uv_faces (T,2)/(F,3) optional per-corner UVs (with seams): FLAME's template
 expression_basis   (K,V,3) f4  vertex offsets of each expression component at weight 1
 expression_names   (K,)  str   component names (ARKit camelCase for ARKit bases)
 joint_names        (J,)  str   e.g. root, neck, jaw, left_eye, right_eye
@@ -64,6 +65,8 @@ class HeadModel:
     name: str = "head"
     licence: str = ""
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    uv_coords: np.ndarray | None = None   # (T,2) per-corner UVs (FLAME's head_template.obj)
+    uv_faces: np.ndarray | None = None    # (F,3) UV index of each triangle corner
 
     @property
     def n_vertices(self) -> int:
@@ -123,6 +126,11 @@ def validate(m: HeadModel) -> None:
         p.append("lbs_weights rows do not sum to 1")
     if m.uv is not None and m.uv.shape != (V, 2):
         p.append(f"uv has shape {m.uv.shape}, expected ({V},2)")
+    if (m.uv_coords is None) != (m.uv_faces is None):
+        p.append("uv_coords and uv_faces come together")
+    elif m.uv_faces is not None and (m.uv_faces.shape != m.faces.shape or (
+            m.uv_faces.size and (m.uv_faces.min() < 0 or m.uv_faces.max() >= len(m.uv_coords)))):
+        p.append(f"uv_faces has shape {m.uv_faces.shape} or indexes outside uv_coords")
     if m.mirror is not None and (m.mirror.shape != (V,) or m.mirror.min() < 0 or m.mirror.max() >= V):
         p.append("mirror must be (V,) vertex indices")
     if m.landmark_vertices is not None and m.landmark_vertices.size and (
@@ -139,8 +147,8 @@ def validate(m: HeadModel) -> None:
 
 
 _ARRAYS_F = ("v_template", "expression_basis", "joints", "lbs_weights", "uv", "shape_basis",
-             "posedirs")
-_ARRAYS_I = ("faces", "parents", "mirror", "landmark_vertices", "vertex_part")
+             "posedirs", "uv_coords")
+_ARRAYS_I = ("faces", "parents", "mirror", "landmark_vertices", "vertex_part", "uv_faces")
 _STRINGS = ("expression_names", "joint_names", "part_names")
 
 

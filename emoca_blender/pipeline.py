@@ -24,7 +24,8 @@ DEFAULT_CACHE = Path(os.environ.get("EMOCA_BLENDER_CACHE",
                                     Path.home() / ".cache" / "emoca_blender"))
 
 # Curves the temporal filter smooths (landmarks are kept raw: they are measurements).
-FILTERED = ("arkit", "expression", "head_rotation", "head_translation", "jaw", "eyes")
+FILTERED = ("arkit", "expression", "head_rotation", "head_translation", "jaw", "eyes",
+            "detail")
 
 
 @dataclass
@@ -36,6 +37,11 @@ class CaptureSettings:
     start: int = 0                    # first frame (inclusive)
     end: int | None = None            # last frame (exclusive), None = to the end
     device: str = "auto"              # for GPU backends
+    flame_dir: str = ""               # the user's FLAME folder (flame-fit backend)
+    emoca_checkpoint: str = ""        # EMOCA v2/v1 .ckpt or DECA deca_model.tar (emoca backend)
+    neutral_frame: int = -1           # video frame showing the actor's neutral; -1 = estimate
+    emotion: bool = True              # per-frame emotion curves (fer's FER-2013 network)
+    emotion_rate: float = 10.0        # emotion samples per second, between interpolated; 0 = all
 
     def key_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,6 +97,32 @@ def _copy_capture(src: Path, dst: Path) -> None:
         capture_file.atomic_write_bytes(b, lambda f, a=a: shutil.copyfileobj(open(a, "rb"), f))
 
 
+def _emotion_hook(settings: CaptureSettings, fps: float, progress):
+    """The per-frame emotion hook for a capture, or None (off, or fer missing: a warning)."""
+    if not settings.emotion:
+        return None
+    from . import emotion
+
+    try:
+        return emotion.EmotionHook(stride=emotion.stride_for(fps, settings.emotion_rate))
+    except emotion.EmotionUnavailable as e:
+        if progress is not None:
+            progress.message(f"warning: no emotion curves: {e}")
+        return None
+
+
+def _after_capture(settings: CaptureSettings, cap, out: Path, progress, cancel) -> None:
+    """A backend's ``after_capture(capture, path, settings, progress, cancel)`` classmethod,
+    when it has one, runs once the capture is saved (emoca: the displacement maps beside it)."""
+    module, cls, _ = BACKENDS[settings.backend]
+    import importlib
+
+    klass = getattr(importlib.import_module(f"{__package__}.backends.{module}"), cls)
+    after = getattr(klass, "after_capture", None)
+    if after is not None:
+        after(cap, out, settings, progress, cancel)
+
+
 def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
                 settings: CaptureSettings | None = None, progress=None,
                 cache_dir: Path | None = DEFAULT_CACHE,
@@ -119,7 +151,10 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         if capture_file.is_complete(cached):
             try:
                 cap = capture_file.load_capture(cached)
+                if settings.emotion and "emotion_probs" not in cap:
+                    raise capture_file.CaptureError("cached without emotion")  # recompute
                 _copy_capture(cached, out)
+                _after_capture(settings, cap, out, progress, cancel)
                 return CaptureResult(out, True, cap, {"total": time.perf_counter() - t_all})
             except capture_file.CaptureError:
                 pass  # a damaged cache entry is simply recomputed
@@ -130,17 +165,26 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         raise BadInput(f"frame range is empty (start {start}, end {end})")
     n_hint = max(1, (end if end is not None else info.frame_count) - start)
 
-    backend = get_backend(settings.backend, face_index=settings.face_index)
-    t0 = time.perf_counter()
-    num_faces = backend.count_faces(info.path, start, start + n_hint)
-    t_probe = time.perf_counter() - t0
+    flame_kw = ({"flame_dir": settings.flame_dir or None, "device": settings.device}
+                if settings.backend in ("flame-fit", "emoca") else {})
+    if settings.backend == "emoca":
+        flame_kw["checkpoint"] = settings.emoca_checkpoint or None
+    backend = get_backend(settings.backend, face_index=settings.face_index,
+                          neutral_frame=int(settings.neutral_frame), **flame_kw)
+    t_probe = 0.0   # faces are counted inside the stream (num_faces=0), no separate pass
     if progress is not None:
         progress.stage("track", n_hint)
     t0 = time.perf_counter()
     frames = video.iter_frames(info.path, start, end)
+    hook = _emotion_hook(settings, info.fps, progress)
+    extra = {"frame_hook": hook} if hook is not None else {}
     try:
         tracked = backend.track(frames, n_hint, info.fps, info.width, info.height,
-                                num_faces=max(1, num_faces), progress=progress, cancel=cancel)
+                                num_faces=0, progress=progress, cancel=cancel, **extra)
+    except BaseException:
+        if hook is not None:
+            hook.close()
+        raise
     finally:
         frames.close()
     t_track = time.perf_counter() - t0
@@ -149,6 +193,7 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         raise BadInput(f"{info.path.name} holds no frames in the range {start}..{end}")
     if not tracked.found.any():
         raise BadInput(f"no face found in any of the {N} frames searched in {info.path.name}")
+    num_faces = int(tracked.info.get("faces_seen", 1))
     if settings.face_index > 0 and num_faces <= settings.face_index:
         raise BadInput(f"face index {settings.face_index} asked for, but at most {num_faces} "
                        f"face(s) were seen in {info.path.name}")
@@ -170,6 +215,13 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
     arrays["interpolated"] = interp
     arrays["timestamps"] = (start + np.arange(N)) / info.fps
     arrays["shape"] = tracked.shape if tracked.shape is not None else np.zeros(0, np.float32)
+    emotion_info = None
+    if hook is not None:
+        emo = hook.result(N, settings.max_gap)
+        arrays["emotion_probs"] = emo["emotion_probs"]
+        arrays["emotion_features"] = emo["emotion_features"]
+        emotion_info = {k: emo[k] for k in ("frames_analysed", "stride", "frames_without_face")}
+        emotion_info["classes"] = list(emo["names"]["emotion_probs"])
     t_filter = time.perf_counter() - t0
 
     meta = {
@@ -184,11 +236,14 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
                                     for k, v in backend.model_files().items()},
                     **tracked.info},
         "head_model": tracked.head_model,
+        "emotion": emotion_info,
         "settings": asdict(settings),
         "cache_key": key,
         "emoca_blender_version": __version__,
     }
     names = dict(tracked.names)
+    if hook is not None:
+        names.update(emo["names"])
     cap = capture_file.make_capture(arrays, meta, names)
     t0 = time.perf_counter()
     timings = {"hash": t_hash, "probe": t_probe, "track": t_track, "filter": t_filter}
@@ -202,5 +257,8 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         except OSError as e:
             if progress is not None:
                 progress.message(f"warning: could not write the cache in {cache_dir} ({e})")
+    t0 = time.perf_counter()
+    _after_capture(settings, cap, out, progress, cancel)
+    timings["after_capture"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return CaptureResult(out, False, cap, timings)

@@ -118,21 +118,151 @@ def eyes_from_arkit(arkit: np.ndarray) -> np.ndarray:
     return eyes
 
 
-def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray) -> dict:
-    """Capture fields from MediaPipe outputs (rows of frames without a face may be junk;
-    the pipeline's gap filling overwrites them)."""
-    from .mediapipe_topology import canonical_mesh
+# Eye geometry for gaze from the iris points (head frame, metres, canonical scale).
+EYEBALL_RADIUS = 0.012       # iris centre to eyeball centre (the open head model's eye joints)
+IRIS_CENTRES = (473, 468)    # subject's left, right iris centre
+BLINK_GAZE_FADE = (0.45, 0.75)  # blink range over which iris gaze fades to the score gaze
 
-    canonical_cm = canonical_mesh()[0]
+
+def eyes_from_iris(pose_free: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+    """Gaze from the iris centres' displacement from the actor's neutral, head frame.
+
+    Args:
+        pose_free: (N,478,3) pose-free landmarks, metres.
+        neutral: (478,3) the actor's neutral landmarks (looking ahead), metres.
+    Returns:
+        (N,2,3) axis-angle of the subject's left and right eye (yaw about +Y, positive
+        towards the subject's left; pitch about +X, positive down), as eyes_from_arkit.
+    """
+    eyes = np.zeros((pose_free.shape[0], 2, 3))
+    for e, k in enumerate(IRIS_CENTRES):
+        d = (np.asarray(pose_free[:, k], np.float64) - neutral[k]) / EYEBALL_RADIUS
+        eyes[:, e, 1] = np.arcsin(np.clip(d[:, 0], -0.95, 0.95))
+        eyes[:, e, 0] = np.arcsin(np.clip(-d[:, 1], -0.95, 0.95))
+    return eyes
+
+
+def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return np.where(den > 1e-12, (a * b).sum(0) / np.maximum(den, 1e-12), np.nan)
+
+
+def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
+                   found: np.ndarray | None = None, neutral_frame: int = -1,
+                   scored: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Capture fields from MediaPipe outputs, calibrated to the actor.
+
+    Args:
+        lmk_px: (N,478,3) image landmarks in pixels (MediaPipe convention).
+        arkit: (N,52) raw blendshape scores in ARKit order (tongueOut = 0).
+        matrices: (N,4,4) facial transformation matrices (centimetres).
+        found: (N,) bool, rows with a face (others are junk; default all).
+        neutral_frame: row of a user-marked neutral frame, -1 = estimate the actor's neutral.
+        scored: (N,) bool, rows that also have blendshape scores and a transformation
+            matrix (default: all found rows). Rows found without them (landmarks recovered
+            by another tracker) take their ARKit weights from the landmark-space solve and
+            their head rotation from its Procrustes pose; translation is interpolated.
+    Returns:
+        (arrays, info): Capture fields (rows without a face are zeros; the pipeline's gap
+        filling overwrites them) and a JSON-able dict with the calibration and the
+        cross-checks of the landmark-space solve against the blendshape scores and of the
+        Procrustes head pose against the transformation matrix.
+    """
+    from . import calibration, landmark_solve as ls
+    from .arkit import ARKIT_NAMES
+
     N = arkit.shape[0]
-    out: dict[str, np.ndarray] = {}
-    out["arkit"] = np.clip(arkit, 0.0, 1.0).astype(np.float32)
+    found = np.ones(N, bool) if found is None else np.asarray(found, bool)
+    F = np.flatnonzero(found)
+    out: dict[str, np.ndarray] = {
+        "arkit": np.zeros((N, 52), np.float32),
+        "head_rotation": np.zeros((N, 3), np.float32),
+        "head_translation": np.zeros((N, 3), np.float32),
+        "landmarks3d": np.zeros((N, 478, 3), np.float32),
+        "jaw": np.zeros((N, 3), np.float32),
+        "eyes": np.zeros((N, 2, 3), np.float32),
+        "blinks": np.zeros((N, 2), np.float32),
+    }
+    info: dict = {}
+    if F.size == 0:
+        out["expression"] = out["arkit"].copy()
+        return out, info
+    S = np.ones(F.size, bool) if scored is None else np.asarray(scored, bool)[F]
+    if not S.any():
+        S[:] = True          # no scores at all: treat the landmark solve as the scores below
+    FS = F[S]
+    raw = np.clip(np.asarray(arkit, np.float64)[FS], 0.0, 1.0)
+    nf = -1
+    if neutral_frame is not None and neutral_frame >= 0:
+        # the nearest scored frame to the one the user marked
+        nf = int(np.argmin(np.abs(FS - int(neutral_frame))))
+    cal = calibration.calibrate(raw, nf)
+    a = np.zeros((F.size, 52))
+    a[S] = cal.apply(raw)
+
+    # landmark-space solve against the actor's neutral (from the same neutral frames)
+    basis = ls.open_head_basis()
+    L = np.asarray(lmk_px)[F]
+    pinned = np.zeros(basis.basis.shape[0], bool)
+    pinned[INDEX["tongueOut"]] = True
+    LS = L[S]
+    first = ls.solve_sequence(ls.camera_points(LS[cal.neutral_frames]), pinned=pinned, rounds=0)
+    del LS
+    # the actor's neutral: the neutral frames' pose-free landmarks, minus whatever
+    # expression the calibrated scores still see in them
+    neutral = (first.pose_free.astype(np.float64)
+               - (a[S][cal.neutral_frames] @ basis.flat).reshape(-1, 478, 3)).mean(0)
+    res = ls.solve_chunked(L, neutral=neutral, pinned=pinned, rounds=1)
+    del L
+    w = res.weights
+    a[~S] = w[~S]                                         # recovered frames: landmarks only
+    a[:, INDEX["cheekPuff"]] = w[:, INDEX["cheekPuff"]]   # the blendshape model misses it
+    a[:, INDEX["tongueOut"]] = 0.0                        # no evidence in landmarks or scores
+
+    from scipy.spatial.transform import Rotation
+    rot = np.zeros((F.size, 3))
+    rot[S] = matrix_to_rotvec(np.asarray(matrices, np.float64)[FS, :3, :3])
+    if (~S).any():
+        rot[~S] = matrix_to_rotvec(res.rotation[~S])
+    R_clean = Rotation.from_rotvec(rot[S]).as_matrix()
+    ang = ls.rotation_angle_deg(R_clean, res.rotation[S])
+
+    eyes_s = eyes_from_arkit(a)
+    eyes_i = eyes_from_iris(res.pose_free, neutral)
+    blink = np.stack([a[:, INDEX["eyeBlinkLeft"]], a[:, INDEX["eyeBlinkRight"]]], 1)
+    lo, hi = BLINK_GAZE_FADE
+    k = np.clip((hi - blink) / (hi - lo), 0.0, 1.0)[:, :, None]
+    eyes = k * eyes_i + (1 - k) * eyes_s
+
+    out["arkit"][F] = a
+    out["head_rotation"][F] = rot
+    t = np.asarray(matrices, np.float64)[F, :3, 3] / 100.0
+    if (~S).any():
+        for c in range(3):
+            t[~S, c] = np.interp(F[~S], FS, t[S, c])
+    out["head_translation"][F] = t
+    out["landmarks3d"][F] = res.pose_free
+    out["jaw"][F] = jaw_from_arkit(a)
+    out["eyes"][F] = eyes
+    out["blinks"][F] = blink
     out["expression"] = out["arkit"].copy()
-    out["head_rotation"] = matrix_to_rotvec(matrices[:, :3, :3]).astype(np.float32) if N else np.zeros((0, 3), np.float32)
-    out["head_translation"] = (matrices[:, :3, 3] / 100.0).astype(np.float32)
-    out["landmarks3d"] = pose_free_landmarks(lmk_px, canonical_cm) if N else np.zeros((0, 478, 3), np.float32)
-    out["jaw"] = jaw_from_arkit(arkit).astype(np.float32)
-    out["eyes"] = eyes_from_arkit(arkit).astype(np.float32)
-    out["blinks"] = np.stack([arkit[:, INDEX["eyeBlinkLeft"]], arkit[:, INDEX["eyeBlinkRight"]]],
-                             1).astype(np.float32)
-    return out
+
+    r = _pearson_cols(a[S], w[S])
+    data_ch = [n for n in ARKIT_NAMES if n.startswith(("mouthSmile", "eyeBlink", "browInnerUp",
+                                                       "browOuterUp", "mouthLowerDown",
+                                                       "mouthUpperUp", "jawOpen"))]
+    info = {
+        "frames_from_landmarks_only": int((~S).sum()),
+        "calibration": cal.to_meta(),
+        "cross_check": {
+            "landmark_residual_mm_median": round(float(np.median(res.residual_mm)), 3),
+            "procrustes_vs_matrix_deg_median": round(float(np.median(ang)), 3),
+            "landmark_vs_scores_pearson": {n: (None if not np.isfinite(r[INDEX[n]])
+                                               else round(float(r[INDEX[n]]), 3))
+                                           for n in data_ch},
+            "landmark_vs_scores_mean_abs": round(float(np.abs(a[S] - w[S]).mean()), 4),
+        },
+    }
+    return out, info

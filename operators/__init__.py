@@ -11,11 +11,13 @@ import importlib
 # line: add new ones at the end of their group.
 MODULES = (
     "properties",
+    "retarget_props",
     "ops_capture",
     "ops_rig",
     "ops_runtime",
     "ops_retarget",
     "ops_export",
+    "ops_livelink",
 )
 
 _registered: list = []
@@ -43,6 +45,10 @@ def register():
     for cls in classes():
         bpy.utils.register_class(cls)
         _registered.append(lambda cls=cls: cls.is_registered and bpy.utils.unregister_class(cls))
+    for mod in mods[1:]:   # scene pointers to a module's PropertyGroups (after its classes)
+        if hasattr(mod, "register_props"):
+            mod.register_props()
+            _registered.append(mod.unregister_props)
 
 
 def unregister():

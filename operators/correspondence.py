@@ -279,7 +279,9 @@ def find_correspondence(obj, worker_python: str | None = None, resolution: int =
     Returns:
         {"vertices": (L,3) int vertex indices, "weights": (L,3) barycentric weights,
          "valid": (L,) bool (ray hit the mesh), "landmark_ids": (L,) MediaPipe indices,
-         "image": path or None, "source": "render"}  with L = 468.
+         "image": path or None, "source": "render", "points": (L,3) world positions,
+         "view_vertices"/"view_weights"/"view_valid": (R,L,3)/(R,L,3)/(R,L) each render's
+         own hits (they weight the landmarks in the solve)}  with L = 478.
     Raises:
         NoFaceFound: MediaPipe saw no face in the render (the message says what to do).
     """
@@ -344,9 +346,15 @@ def find_correspondence(obj, worker_python: str | None = None, resolution: int =
     if valid.sum() < 0.5 * N_MESH:
         raise NoFaceFound(f"only {int(valid.sum())} of {N_MESH} landmarks found on "
                           f"{obj.name}'s face mesh: use name mapping or pick points")
+    # each render's own hits: where they disagree on what the keys do, the landmark is
+    # unreliable (a lip or eyelid edge) and the solve trusts it less
+    view_hits = [cast_front(world, tri, v_xz) for v_xz in xz_all]
     return {"vertices": verts, "weights": bary, "valid": valid,
             "landmark_ids": np.arange(N_MESH), "image": keep_image, "source": "render",
-            "pixels": pts, "points": p3}
+            "pixels": pts, "points": p3,
+            "view_vertices": np.stack([h[0] for h in view_hits]),
+            "view_weights": np.stack([h[1] for h in view_hits]),
+            "view_valid": np.stack([h[2] & region[h[0]].any(-1) for h in view_hits])}
 
 
 def correspondence_from_points(obj, picks: dict[int, int]) -> dict:
@@ -381,7 +389,9 @@ def landmark_basis(obj, corr: dict, names=None):
     names, deltas = shape_key_deltas(obj, names)
     return geo.LandmarkBasis.from_mesh(
         names, geo.blender_to_model(world), geo.blender_to_model(deltas), corr["vertices"],
-        corr["weights"], corr["valid"], corr["landmark_ids"])
+        corr["weights"], corr["valid"], corr["landmark_ids"],
+        view_vertices=corr.get("view_vertices"), view_weights=corr.get("view_weights"),
+        view_valid=corr.get("view_valid"))
 
 
 def geometric_curves(capture, obj, corr: dict | None = None, names=None,

@@ -37,12 +37,13 @@ camera). The retarget (``retarget_bake``) keys it relative to the capture's medi
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import bpy
 import numpy as np
 
-from . import blender_anim
+from . import _core, blender_anim
 from ._core import capture_file, head_model  # noqa: F401  (capture_file: type of `capture`)
 
 # model (x, y, z) -> Blender (x, -z, y): +90 degrees about X.
@@ -193,6 +194,10 @@ def build_head_object(model, name: str, collection=None, with_armature: bool = T
     if model.uv is not None:
         uvl = me.uv_layers.new(name="UVMap")
         uvl.data.foreach_set("uv", np.asarray(model.uv, np.float32)[faces.ravel()].ravel())
+    elif getattr(model, "uv_faces", None) is not None:   # per-corner UVs (FLAME's template)
+        uvl = me.uv_layers.new(name="UVMap")
+        uvc = np.asarray(model.uv_coords, np.float32)
+        uvl.data.foreach_set("uv", uvc[np.asarray(model.uv_faces).ravel()].ravel())
     if me.validate(verbose=False):
         raise head_model.HeadModelError(f"head model {model.name!r} produced an invalid mesh")
     me.update()
@@ -210,12 +215,14 @@ def build_head_object(model, name: str, collection=None, with_armature: bool = T
     for k, ename in enumerate(model.expression_names):
         kb = obj.shape_key_add(name=str(ename), from_mix=False)
         kb.slider_min, kb.slider_max = lo, hi
+        kb.value = 0.0   # Blender 5 adds keys at value 1: components the capture lacks stay off
         kb.data.foreach_set("co", (vb + eb[k]).astype(np.float32).ravel())
     if with_pose_correctives and model.posedirs is not None:
         pd = model_to_blender(np.asarray(model.posedirs, np.float64).reshape(-1, V, 3))
         for p in range(pd.shape[0]):
             kb = obj.shape_key_add(name=f"{POSE_CORRECTIVE_PREFIX}{p:03d}", from_mix=False)
             kb.slider_min, kb.slider_max = OTHER_SLIDER
+            kb.value = 0.0
             kb.data.foreach_set("co", (vb + pd[p]).astype(np.float32).ravel())
     obj.data.shape_keys.use_relative = True
 
@@ -432,6 +439,83 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
     return summary
 
 
+# ---------------------------------------------------------------- FLAME rigs
+
+def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
+                      action_name: str | None = None) -> int:
+    """Key bone ``location`` so joints follow the expression, as FLAME's do.
+
+    FLAME regresses its joints from the expressed mesh, so expression ``e`` moves joint j by
+    ``dJ_j = sum_k e_k joint_expression[k, j]`` (model axes). A bone with rest head ``J0_j``
+    and rest orientation ``B_j`` (Blender axes), rotated by ``R_j`` relative to its parent,
+    skins exactly like FLAME's joint at ``J0_j + dJ_j`` when its location is
+    ``B_j^T C (I - R_j) dJ_j``: the bone pivots about the moved joint. Keyed per frame (no
+    drivers: FBX keeps keys). Returns the number of keys written.
+    """
+    je = model.extra.get("joint_expression")
+    if je is None:
+        return 0
+    je = np.asarray(je, np.float64)                                   # (E,J,3)
+    cols = list(capture.names["expression"])
+    E = min(len(cols), je.shape[0])
+    if list(model.expression_names[:E]) != cols[:E]:
+        raise ValueError("capture expression columns do not match the rig's components")
+    e = np.asarray(capture["expression"], np.float64)[:, :E]
+    dJ = np.einsum("ne,ejk->njk", e, je[:E])                          # (N,J,3) model axes
+    N = e.shape[0]
+    rots = {"root": capture["head_rotation"], "jaw": capture["jaw"],
+            "left_eye": np.asarray(capture["eyes"])[:, 0],
+            "right_eye": np.asarray(capture["eyes"])[:, 1]}
+    frames = frame_start + np.arange(N, dtype=np.float64)
+    anim = arm_obj.animation_data
+    if anim is not None and anim.action is not None and anim.action_slot is not None:
+        # add to the bake of animate_head_rig (ensure_action would clear its curves)
+        from bpy_extras import anim_utils
+        abag = anim_utils.action_ensure_channelbag_for_slot(anim.action, anim.action_slot)
+    else:
+        _, abag = blender_anim.ensure_action(arm_obj, action_name or
+                                             f"{_capture_stem(capture)}|{arm_obj.name}")
+    n = 0
+    for j, jname in enumerate(model.joint_names):
+        if jname not in arm_obj.pose.bones:
+            continue
+        r = np.asarray(rots.get(jname, np.zeros((N, 3))), np.float64)
+        R = head_model.rodrigues(r)                                   # (N,3,3)
+        d = dJ[:, j] - np.einsum("nab,nb->na", R, dJ[:, j])           # (I - R) dJ
+        B = bone_rest_rotation(arm_obj, jname)
+        loc = d @ (B.T @ C).T
+        pb = arm_obj.pose.bones[jname]
+        path = pb.path_from_id("location")
+        for i in range(3):
+            blender_anim.write_fcurve(abag, path, i, frames, loc[:, i], group=jname)
+        n += 3 * N
+    return n
+
+
+def build_flame_rig(model, capture, name: str = "FLAME", collection=None,
+                    frame_start: int = 1, with_pose_correctives: bool = True):
+    """The animated FLAME rig of a capture.
+
+    Args:
+        model: a HeadModel from ``flame.to_head_model`` with the capture's identity baked in
+            (``flame.head_model_for_capture``); its ``extra['model_id']`` must be the model
+            the capture was made with.
+        capture: a Capture from the ``flame-fit`` (or ``emoca``) backend.
+    Returns:
+        (mesh_obj, arm_obj, summary of :func:`animate_head_rig` plus ``location_keys``).
+    Raises:
+        flame.FlameError when the capture was made with another head model.
+    """
+    flame = importlib.import_module(_core.core.__name__ + ".flame")
+    flame.check_capture_model(capture, model)
+    mesh, arm = build_head_object(model, name, collection,
+                                  with_pose_correctives=with_pose_correctives)
+    summary = animate_head_rig(mesh, arm, capture, frame_start=frame_start)
+    summary["location_keys"] = key_joint_offsets(arm, model, capture, frame_start)
+    summary["keys"] += summary["location_keys"]
+    return mesh, arm, summary
+
+
 def _esc(name: str) -> str:
     return name.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -454,4 +538,5 @@ def _capture_stem(capture) -> str:
 __all__ = ["C", "model_to_blender", "blender_to_model", "build_head_object",
            "animate_head_rig", "set_scene_timing", "rotvec_to_quat", "quat_to_rotvec",
            "quat_mul", "quat_continuous", "model_rotvec_to_bone_quat", "bone_rest_rotation",
-           "write_bone_rotations", "pose_corrective_features"]
+           "write_bone_rotations", "pose_corrective_features", "build_flame_rig",
+           "key_joint_offsets"]

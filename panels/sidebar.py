@@ -176,51 +176,7 @@ class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
         layout.operator("emoca.add_sample_character", icon='USER')
 
 
-class EMOCA_PT_retarget(_EmocaPanel, bpy.types.Panel):
-    bl_idname = "EMOCA_PT_retarget"
-    bl_label = "Retarget"
-    bl_order = 2
-
-    def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
-        props = context.scene.emoca
-
-        col = layout.column()
-        col.prop(props, "use_selection")
-        sub = col.column()
-        sub.active = not props.use_selection
-        sub.prop(props, "target_mesh")
-        sub.prop(props, "target_armature")
-        targets = ops_retarget.target_objects(context)
-        n_keys = 0
-        for o in targets:
-            key = getattr(o.data, "shape_keys", None) if o.type == 'MESH' else None
-            if key is not None:
-                n_keys += max(0, len(key.key_blocks) - 1)
-        if targets:
-            col.label(text=f"{len(targets)} objects, {n_keys} shape keys", icon='OBJECT_DATA')
-        col.prop(props, "frame_start")
-        cap_problem = ops_capture.capture_file_problem(context)
-        target_problem = ops_retarget.targets_problem(context)
-        _button(layout, "emoca.retarget", cap_problem or target_problem, icon='ACTION')
-        if cap_problem and target_problem:
-            _reason(layout, target_problem)
-
-
-class EMOCA_PT_export(_EmocaPanel, bpy.types.Panel):
-    bl_idname = "EMOCA_PT_export"
-    bl_label = "Export"
-    bl_order = 3
-
-    def draw(self, context):
-        layout = self.layout
-        scene = context.scene
-        layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at "
-                     f"{scene.render.fps / scene.render.fps_base:.4g} fps")
-        _button(layout, "emoca.export_fbx", ops_export.export_problem(context), icon='EXPORT')
-        layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
+# The Retarget and Export panels are in panels/retarget.py.
 
 
 class EMOCA_MT_face_capture(bpy.types.Menu):
@@ -254,8 +210,7 @@ def menu_export(self, context):
     self.layout.operator("emoca.export_fbx", text="EMOCA Face Animation (.fbx)")
 
 
-CLASSES = (EMOCA_PT_capture, EMOCA_PT_rig, EMOCA_PT_retarget, EMOCA_PT_export,
-           EMOCA_MT_face_capture)
+CLASSES = (EMOCA_PT_capture, EMOCA_PT_rig, EMOCA_MT_face_capture)
 
 # (menu class name, draw function) appended on register, removed on unregister.
 MENU_HOOKS = (("VIEW3D_MT_object", menu_object), ("TOPBAR_MT_file_export", menu_export))

@@ -381,16 +381,36 @@ class FakeLayout:
         assert hasattr(bpy.types, menu), f"menu {menu} is not registered"
         self.log.append(("menu", menu))
 
+    def prop_search(self, data, property, search_data, search_property, **kw):
+        self._check("prop_search", kw)
+        assert property in data.bl_rna.properties, f"{data} has no property {property}"
+        assert search_property in search_data.bl_rna.properties, \
+            f"{search_data} has no collection {search_property}"
+        self.log.append(("prop_search", property))
+
+    def template_list(self, listtype_name, list_id, dataptr, propname, active_dataptr,
+                      active_propname, **kw):
+        self._check("template_list", kw)
+        UL = getattr(bpy.types, listtype_name)      # raises when the list is not registered
+        assert propname in dataptr.bl_rna.properties
+        assert active_propname in active_dataptr.bl_rna.properties
+        self.log.append(("template_list", listtype_name))
+        for i, item in enumerate(getattr(dataptr, propname)):    # each row draws too
+            UL.draw_item(UL, bpy.context, FakeLayout(self.log), dataptr, item, 0,
+                         active_dataptr, active_propname, i)
+
 
 def draw_all():
     """Every panel's poll() and draw(); returns {panel: [calls]}."""
     out = {}
-    sidebar = importlib.import_module(MOD + ".panels.sidebar")
-    for P in sidebar.CLASSES:
+    panels = importlib.import_module(MOD + ".panels")
+    for P in panels.classes():
         if not issubclass(P, bpy.types.Panel):
             continue
         assert P.poll(bpy.context)
         log = []
+        if hasattr(P, "draw_header"):
+            P.draw_header(SimpleNamespace(layout=FakeLayout(log)), bpy.context)
         P.draw(SimpleNamespace(layout=FakeLayout(log)), bpy.context)
         out[P.bl_label] = log
     return out

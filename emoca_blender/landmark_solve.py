@@ -1,0 +1,236 @@
+"""Landmark-space solve: expression weights and rigid head pose from 478 MediaPipe landmarks.
+
+The open head model's 478 vertices are MediaPipe's landmarks, so its 52 ARKit shapes
+evaluated at the landmarks form a linear basis ``B`` (52, 478, 3). Given per-frame landmarks
+in the camera frame, the solve alternates, vectorised over frames:
+
+1. rigid pose: a weighted similarity Procrustes of the frame's points onto the expected
+   shape (first the actor's neutral on stable points, then ``neutral + w B`` on all points),
+   which removes head rotation, translation and the face's size in pixels;
+2. expression: a bounded least squares ``min_w ||(P - neutral) - w B||^2_W + lam ||w||^2``
+   with ``0 <= w <= 1`` (channels may be pinned to 0), solved for all frames at once by a
+   primal-dual active-set method on the 52x52 normal equations (exact in a few iterations;
+   a projected-gradient polish guards the rare frame whose active set has not settled).
+
+Conventions as in capture_file.py: head frame +X subject's left, +Y up, +Z out of the face,
+metres; camera frame OpenGL-style (x right, y up, z towards the viewer). MediaPipe image
+landmarks (x right, y down, z with smaller = nearer, all in pixels) enter through
+:func:`camera_points`.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .solve import STABLE_POINTS, similarity_align
+
+#: relative weight of the depth coordinate (MediaPipe's z is the least reliable)
+Z_WEIGHT = 0.5
+#: ridge, relative to the mean diagonal of B B^T: breaks exact ties (mouthLeft = -mouthRight)
+RIDGE = 2e-3
+#: frames per block of the batched solve (bounds memory: block x 52 x 52 doubles)
+BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class LandmarkBasis:
+    """The open head model at the 478 landmarks.
+
+    Attributes:
+        template: (478,3) neutral landmarks, metres, head frame.
+        basis: (K,478,3) offsets of each expression component at weight 1.
+        names: K component names (ARKit order for the open model).
+    """
+
+    template: np.ndarray
+    basis: np.ndarray
+    names: tuple[str, ...]
+
+    @property
+    def flat(self) -> np.ndarray:
+        """(K, 478*3) basis rows."""
+        return self.basis.reshape(self.basis.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=1)
+def open_head_basis() -> LandmarkBasis:
+    from .head_model import OPEN_HEAD, bundled, load_head_model
+
+    m = load_head_model(bundled(OPEN_HEAD))
+    lv = m.landmark_vertices if m.landmark_vertices is not None else np.arange(478)
+    t = np.asarray(m.v_template[lv], np.float64)
+    b = np.asarray(m.expression_basis[:, lv], np.float64)
+    t.setflags(write=False)
+    b.setflags(write=False)
+    return LandmarkBasis(t, b, tuple(m.expression_names))
+
+
+def camera_points(lmk_px: np.ndarray) -> np.ndarray:
+    """(N,478,3) MediaPipe image landmarks (pixels, y down, z smaller = nearer) ->
+    camera frame (x right, y up, z towards the viewer), still in pixels."""
+    return np.asarray(lmk_px, np.float64) * np.array([1.0, -1.0, -1.0])
+
+
+def point_weights(n_points: int = 478, z_weight: float = Z_WEIGHT) -> np.ndarray:
+    """(n_points*3,) per-coordinate weights of the expression fit."""
+    w = np.ones((n_points, 3))
+    w[:, 2] = z_weight
+    return w.reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded least squares, batched
+# ---------------------------------------------------------------------------------------------
+def box_qp(G: np.ndarray, h: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+           iters: int = 10, polish: int = 100) -> np.ndarray:
+    """Solve ``min_w 1/2 w^T G w - h_n^T w`` s.t. ``lo <= w <= hi`` for every row h_n.
+
+    Primal-dual active set (Hintermueller, Ito, Kunisch 2003): each iteration guesses
+    which bounds are active from ``w - c * grad``, solves the free variables exactly with
+    one batched linear solve, and stops when no frame's guess changes. Frames that have
+    not settled after ``iters`` get a projected-gradient polish.
+
+    Args:
+        G: (K,K) symmetric positive definite.
+        h: (N,K) linear terms.
+        lo, hi: (K,) bounds (lo == hi pins a variable).
+    Returns:
+        (N,K) solutions.
+    """
+    G = np.asarray(G, np.float64)
+    h = np.asarray(h, np.float64)
+    N, K = h.shape
+    out = np.empty((N, K))
+    c = 1.0 / np.diag(G)
+    eye = np.eye(K, dtype=bool)
+    diagG = np.diag(G)
+    for a in range(0, N, BLOCK):
+        hb = h[a:a + BLOCK]
+        n = hb.shape[0]
+        w = np.clip(np.linalg.solve(G, hb.T).T, lo, hi)
+        grad = w @ G - hb
+        state = np.zeros((n, K), np.int8)
+        todo = np.arange(n)                       # frames whose active set may still change
+        for it in range(iters):
+            y = w[todo] - c * grad[todo]
+            at_lo = y <= lo
+            at_hi = (y >= hi) & ~at_lo
+            new = at_lo.astype(np.int8) - at_hi.astype(np.int8)
+            changed = (new != state[todo]).any(1) | (it == 0)
+            todo, new, at_lo, at_hi = todo[changed], new[changed], at_lo[changed], at_hi[changed]
+            if todo.size == 0:
+                break
+            state[todo] = new
+            free = ~(at_lo | at_hi)
+            fixed = np.where(at_lo, lo, np.where(at_hi, hi, 0.0))
+            rhs = np.where(free, hb[todo] - fixed @ G, fixed)
+            M = np.where(free[:, :, None] & free[:, None, :], G[None], 0.0)
+            M[:, eye] = np.where(free, diagG, 1.0)
+            wt = np.linalg.solve(M, rhs[..., None])[..., 0]
+            w[todo] = np.where(free, wt, fixed)
+            grad[todo] = w[todo] @ G - hb[todo]
+        w = np.clip(w, lo, hi)
+        # KKT check; polish frames that are not optimal yet (projected gradient, step 1/L)
+        grad = w @ G - hb
+        bad = np.abs(np.where((w <= lo) & (grad > 0) | (w >= hi) & (grad < 0), 0.0, grad)).max(1)
+        todo = bad > 1e-9 * max(1.0, float(np.abs(hb).max()))
+        if todo.any() and polish:
+            L = float(np.linalg.eigvalsh(G)[-1])
+            ww, hh = w[todo], hb[todo]
+            for _ in range(polish):
+                ww = np.clip(ww - (ww @ G - hh) / L, lo, hi)
+            w[todo] = ww
+        out[a:a + n] = w
+    return out
+
+
+@dataclass
+class SolveResult:
+    """Per-frame output of :func:`solve_sequence` (N frames, K components)."""
+
+    weights: np.ndarray          # (N,K) in [0,1]
+    rotation: np.ndarray         # (N,3,3) camera_point = s R head_point + t (pixels)
+    scale: np.ndarray            # (N,) pixels per metre
+    translation: np.ndarray      # (N,3) pixels
+    pose_free: np.ndarray        # (N,478,3) metres, head frame
+    residual_mm: np.ndarray      # (N,) RMS landmark residual after the fit, millimetres
+
+
+def _align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray):
+    """Similarity head->camera from per-frame points: returns (s, R, t) such that
+    camera = s R head + t, and the pose-free points R^T (camera - t) / s."""
+    s, R, t = similarity_align(src, dst, weights)          # s R src + t ~ dst (camera->head)
+    pose_free = s[:, None, None] * np.einsum("nij,npj->npi", R, src) + t[:, None]
+    Rc = np.transpose(R, (0, 2, 1))                          # head -> camera
+    sc = 1.0 / s
+    tc = -sc[:, None] * np.einsum("nij,nj->ni", Rc, t)
+    return sc, Rc, tc, pose_free
+
+
+def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
+                   basis: LandmarkBasis | None = None, pinned: np.ndarray | None = None,
+                   rounds: int = 2, ridge: float = RIDGE,
+                   stable_weights: np.ndarray | None = None) -> SolveResult:
+    """Head pose and bounded expression weights for every frame.
+
+    Args:
+        cam_pts: (N,478,3) landmarks in the camera frame (see :func:`camera_points`), any
+            uniform scale (pixels).
+        neutral: (478,3) the actor's neutral landmarks in the head frame, metres (default:
+            the model's template).
+        pinned: (K,) bool, components held at 0 (e.g. tongueOut: no evidence in landmarks).
+        rounds: pose/expression alternations after the first stable-point alignment.
+    Returns:
+        SolveResult.
+    """
+    basis = basis or open_head_basis()
+    neutral = basis.template if neutral is None else np.asarray(neutral, np.float64)
+    X = np.asarray(cam_pts, np.float64)
+    N, P, _ = X.shape
+    K = basis.basis.shape[0]
+    Bf = basis.flat                                            # (K, P*3)
+    pw = point_weights(P)
+    G = (Bf * pw) @ Bf.T
+    G += ridge * float(np.mean(np.diag(G))) * np.eye(K)
+    lo = np.zeros(K)
+    hi = np.ones(K)
+    if pinned is not None:
+        hi = np.where(np.asarray(pinned, bool), 0.0, 1.0)
+    sw = np.ones(len(STABLE_POINTS)) if stable_weights is None else stable_weights
+    s, R, t, pf = _align(X[:, STABLE_POINTS], neutral[STABLE_POINTS], sw)
+    pf = (np.einsum("nji,npj->npi", R, X - t[:, None]) / s[:, None, None])
+    allw = np.ones(P)
+    w = np.zeros((N, K))
+    for r in range(rounds + 1):
+        d = (pf - neutral).reshape(N, -1)
+        w = box_qp(G, (d * pw) @ Bf.T, lo, hi)
+        if r == rounds:
+            break
+        target = neutral + (w @ Bf).reshape(N, P, 3)
+        s, R, t, _ = _align(X, target, allw)
+        pf = (np.einsum("nji,npj->npi", R, X - t[:, None]) / s[:, None, None])
+    fit = neutral + (w @ Bf).reshape(N, P, 3)
+    res = np.sqrt(((pf - fit) ** 2).sum(-1).mean(-1)) * 1000.0
+    return SolveResult(w, R, s, t, pf.astype(np.float32), res)
+
+
+def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
+    """(N,) angle in degrees of Ra^T Rb for (N,3,3) rotations."""
+    tr = np.einsum("nij,nij->n", Ra, Rb)
+    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
+
+
+def solve_chunked(lmk_px: np.ndarray, chunk: int = 2048, **kw) -> SolveResult:
+    """:func:`solve_sequence` on MediaPipe image landmarks (N,478,3), ``chunk`` frames at a
+    time, so the float64 work arrays stay small whatever the clip length (frames are
+    independent given the neutral)."""
+    N = lmk_px.shape[0]
+    parts = [solve_sequence(camera_points(lmk_px[a:a + chunk]), **kw)
+             for a in range(0, max(N, 1), chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
+    return SolveResult(cat("weights"), cat("rotation"), cat("scale"), cat("translation"),
+                       cat("pose_free"), cat("residual_mm"))

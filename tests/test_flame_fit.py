@@ -1,0 +1,77 @@
+"""The flame-fit backend: clear errors without FLAME, the fitter on a tiny synthetic clip,
+FLAME -> ARKit through landmark space. (Accuracy figures: bench/flame_fit_accuracy.py.)"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flame_synthetic as fs  # noqa: E402
+
+from emoca_blender import flame  # noqa: E402
+from emoca_blender.backends import BACKENDS, get_backend  # noqa: E402
+from emoca_blender.errors import BadInput  # noqa: E402
+
+pytest.importorskip("torch")
+
+
+def test_backend_registered_and_needs_flame(tmp_path, monkeypatch):
+    assert "flame-fit" in BACKENDS and "FLAME" in BACKENDS["flame-fit"][2]
+    monkeypatch.delenv("EMOCA_BLENDER_FLAME_DIR", raising=False)
+    with pytest.raises(BadInput, match="--flame-dir"):
+        get_backend("flame-fit")
+    d = fs.make_flame_dict(n_shape=10, n_expr=5, n_lat=8, n_lon=10)
+    fs.write_flame_pickle(tmp_path / "generic_model.pkl", d)
+    with pytest.raises(BadInput, match="missing FLAME file.*mediapipe_landmark_embedding.npz"):
+        get_backend("flame-fit", flame_dir=str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    need = ("head_template.obj", "mediapipe_landmark_embedding.npz")
+    if any(fs.aux(n) is None for n in need):
+        pytest.skip(f"{fs.SHARED_AUX} absent: FLAME auxiliary files are not in the repo")
+    d = fs.make_flame_dict(n_shape=20, n_expr=10, template=fs.aux("head_template.obj"), seed=3)
+    m = flame.load_flame(fs.write_flame_pickle(tmp_path_factory.mktemp("ff") / "m.pkl", d))
+    return m, flame.load_mediapipe_embedding(fs.aux("mediapipe_landmark_embedding.npz"), 9976)
+
+
+@pytest.mark.xfail(run=False, reason="open: the fitter stops at ~1.4 px median residual on "
+                   "noise-free synthetic landmarks (bench/flame_fit_accuracy.py misses its targets)")
+def test_fit_reproduces_noise_free_landmarks(full):
+    from emoca_blender.backends import flame_fit
+
+    m, emb = full
+    rng = np.random.default_rng(0)
+    n = 6
+    beta = rng.normal(0, 1, 20)
+    expr = rng.normal(0, 1, (n, 10))
+    pose = np.zeros((n, 5, 3))
+    pose[:, 0, 1] = np.linspace(-0.3, 0.3, n)
+    pose[:, 2, 0] = 0.1
+    v, _ = m.forward(beta[None].repeat(n, 0), expr, pose)
+    px = emb.points(v, m.faces)[..., :2] * [1, -1] * 1500 + 112
+    r = flame_fit.fit_landmarks(m, emb, px, settings=flame_fit.FitSettings(
+        n_shape=20, n_expr=10, iters=150, device="cpu", smooth_expr=0, smooth_pose=0,
+        sigma_px=0.1))
+    assert r.expression.shape == (n, 10) and r.pose.shape == (n, 5, 3)
+    assert np.median(r.residual_px) < 0.5
+    assert np.abs(r.pose[:, 0, 1] - pose[:, 0, 1]).max() < 0.05       # head yaw recovered
+
+
+def test_arkit_from_flame_is_bounded_and_zero_at_rest(full):
+    from emoca_blender.backends import flame_fit
+
+    m, emb = full
+    e = np.zeros((3, 10))
+    e[1, 0] = 3.0
+    jaw = np.zeros((3, 3))
+    jaw[2, 0] = 0.3
+    a = flame_fit.arkit_from_flame(m, emb, np.zeros(20), e, jaw)
+    assert a.shape == (3, 52) and a.min() >= 0 and a.max() <= 1
+    assert a[0].max() < 1e-6
+    from emoca_blender.arkit import INDEX
+    assert a[2, INDEX["jawOpen"]] > max(0.03, a[1, INDEX["jawOpen"]])   # the jaw opens

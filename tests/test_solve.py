@@ -1,0 +1,101 @@
+"""The landmark-space solve, calibration and gaze (no video needed)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emoca_blender import calibration, landmark_solve as ls, solve
+from emoca_blender.arkit import INDEX
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_box_qp_matches_scipy():
+    from scipy.optimize import lsq_linear
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(60, 12))
+    A[:, 1] = -A[:, 0] + 1e-3 * rng.normal(size=60)       # a nearly collinear pair
+    b = rng.normal(size=(40, 60))
+    lam = 1e-3
+    G = A.T @ A + lam * np.eye(12)
+    lo, hi = np.zeros(12), np.ones(12)
+    w = ls.box_qp(G, b @ A, lo, hi)
+    Aa = np.vstack([A, np.sqrt(lam) * np.eye(12)])
+    for i in range(b.shape[0]):
+        ref = lsq_linear(Aa, np.concatenate([b[i], np.zeros(12)]), bounds=(0, 1),
+                         tol=1e-12).x
+        np.testing.assert_allclose(w[i], ref, atol=2e-5)
+    assert w.min() >= 0 and w.max() <= 1
+
+
+def test_box_qp_pins_and_bounds():
+    G = np.eye(3)
+    w = ls.box_qp(G, np.array([[2.0, -1.0, 0.5]]), np.zeros(3), np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(w, [[1.0, 0.0, 0.0]])
+
+
+def test_solve_accuracy_bench_small():
+    import solve_accuracy as sa
+
+    img, W, R = sa.make_sequence(seed=1, frames=400)
+    res = sa.solve(img)
+    assert np.abs(res.weights - W)[sa.REST:].mean() <= 0.05
+    assert ls.rotation_angle_deg(res.rotation, R)[sa.REST:].mean() <= 1.0
+    assert (res.weights[:, INDEX["tongueOut"]] == 0).all()
+
+
+def test_calibration_offsets_capped_and_user_frame():
+    rng = np.random.default_rng(0)
+    s = np.zeros((100, 52))
+    s[:, INDEX["eyeSquintLeft"]] = 0.4 + 0.02 * rng.random(100)      # a squinty actor
+    s[:, INDEX["mouthSmileLeft"]] = 0.7                               # a held smile
+    s[50:60, INDEX["jawOpen"]] = 0.8
+    cal = calibration.calibrate(s)
+    assert cal.offset[INDEX["eyeSquintLeft"]] == pytest.approx(0.4, abs=0.03)
+    assert cal.offset[INDEX["mouthSmileLeft"]] == pytest.approx(calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]])
+    a = cal.apply(s)
+    assert a[:, INDEX["eyeSquintLeft"]].max() < 0.05
+    assert a[:, INDEX["mouthSmileLeft"]].min() > 0.5                  # not calibrated away
+    assert a[55, INDEX["jawOpen"]] == pytest.approx(0.8)
+    user = calibration.calibrate(s, neutral_frame=10)
+    assert user.offset[INDEX["mouthSmileLeft"]] == pytest.approx(0.7)
+    assert "user" in user.source
+
+
+def _frontal(weights, iris_shift=None):
+    b = ls.open_head_basis()
+    V = b.template + np.einsum("nk,kpc->npc", weights, b.basis)
+    if iris_shift is not None:
+        V[:, 468:478] += iris_shift
+    cam = 1300.0 * V + np.array([640.0, -360.0, 0.0])
+    return cam * np.array([1.0, -1.0, -1.0])
+
+
+def test_from_mediapipe_gaze_cheekpuff_and_neutral():
+    N = 40
+    W = np.zeros((N, 52))
+    W[20:, INDEX["cheekPuff"]] = 0.8
+    shift = np.zeros((N, 1, 3))
+    shift[30:, 0, 0] = 0.004                      # both irises 4 mm towards the subject's left
+    lmk = _frontal(W, shift)
+    scores = np.zeros((N, 52))
+    scores[:, INDEX["eyeSquintLeft"]] = 0.3      # per-actor bias, removed by calibration
+    mats = np.tile(np.eye(4), (N, 1, 1))
+    out, info = solve.from_mediapipe(lmk, scores, mats)
+    a = out["arkit"]
+    assert a[:, INDEX["eyeSquintLeft"]].max() < 1e-6
+    assert a[25:, INDEX["cheekPuff"]].mean() > 0.6 and a[:15, INDEX["cheekPuff"]].max() < 0.1
+    assert (a[:, INDEX["tongueOut"]] == 0).all()
+    yaw = out["eyes"][:, :, 1]
+    assert np.abs(yaw[:25]).max() < 0.03
+    assert (yaw[32:] > 0.2).all()                # positive yaw = towards the subject's left
+    assert info["calibration"]["source"].startswith("auto")
+    assert info["cross_check"]["procrustes_vs_matrix_deg_median"] < 1.0
+
+
+def test_jaw_consistent_with_jawopen():
+    a = np.zeros((1, 52))
+    a[0, INDEX["jawOpen"]] = 0.5
+    assert solve.jaw_from_arkit(a)[0, 0] == pytest.approx(0.5 * solve.JAW_OPEN_RADIANS)
