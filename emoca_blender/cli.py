@@ -51,8 +51,10 @@ def _capture_settings(args):
     return CaptureSettings(backend=args.backend, filter_strength=args.filter,
                            max_gap=args.max_gap, face_index=args.face_index,
                            start=args.start, end=args.end, device=args.device,
+                           neutral_frame=args.neutral_frame,
                            flame_dir=getattr(args, "flame_dir", ""),
-                           emoca_checkpoint=getattr(args, "emoca_checkpoint", ""))
+                           emoca_checkpoint=getattr(args, "emoca_checkpoint", ""),
+                           emotion=not getattr(args, "no_emotion", False))
 
 
 def _cache_dir(args):
@@ -181,6 +183,9 @@ def _add_capture_options(p):
                    help="interpolate gaps of at most N frames without a face (default 5)")
     p.add_argument("--face-index", type=int, default=0, metavar="I",
                    help="which face to track when several are present: 0 = largest (default)")
+    p.add_argument("--neutral-frame", type=int, default=-1, metavar="F",
+                   help="a video frame where the actor's face is at rest: calibrates every "
+                        "channel to it (default: estimated from the calmest frames)")
     p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
     p.add_argument("--end", type=int, default=None, help="stop before this frame")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -191,6 +196,8 @@ def _add_capture_options(p):
     p.add_argument("--emoca-checkpoint", default="", metavar="FILE",
                    help="EMOCA v2/v1 .ckpt or DECA deca_model.tar for --backend emoca "
                         "(with --flame-dir)")
+    p.add_argument("--no-emotion", action="store_true",
+                   help="no per-frame emotion curves (the FER-2013 network; on by default)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not fill the cache")
     p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/emoca_blender)")
 
@@ -267,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     importlib.import_module(__package__ + ".landmarks_cli").add_parser(sub)
+    importlib.import_module(__package__ + ".emotion_cli").add_parsers(sub)
     return ap
 
 

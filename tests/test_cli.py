@@ -163,3 +163,19 @@ def test_bad_capture_file_for_rig(tmp_path):
     p.write_bytes(b"garbage")
     r = run_cli("info", p)
     assert r.returncode == 2 and "sidecar" in _one_error_line(r)
+
+
+def test_neutral_frame_flag_calibrates_to_that_frame(tmp_path, demo_clip):
+    """--neutral-frame makes that frame the actor's rest: its calibrated smile is ~0, and a
+    neutral frame outside the clip is refused with exit 2."""
+    out = tmp_path / "n.capture.npz"
+    r = run_cli("capture", demo_clip, "-o", out, "--no-cache", "--neutral-frame", "40",
+                "--filter", "0")
+    assert r.returncode == 0, r.stderr
+    cap = cf.load_capture(out)
+    smile = cap.column("arkit", "mouthSmileLeft")
+    assert smile[40] < 0.05                       # frame 40 (mid-smile) is now the rest
+    assert cap.meta["settings"]["neutral_frame"] == 40
+    r = run_cli("capture", demo_clip, "-o", tmp_path / "m.capture.npz", "--no-cache",
+                "--neutral-frame", "5000")
+    assert r.returncode == 2 and "neutral frame 5000" in _one_error_line(r)
