@@ -102,7 +102,7 @@ class LandmarkBasis:
 
 
 def reliability(deltas: np.ndarray, view_deltas: np.ndarray, view_valid: np.ndarray,
-                valid: np.ndarray, scale: float = 0.5) -> np.ndarray:
+                valid: np.ndarray, scale: float = 2.0) -> np.ndarray:
     """Weight of each landmark from how much the keys' displacement read at it changes
     between renders: ``1 / (1 + v_l / (scale * median(v)))`` with ``v_l`` the mean over
     keys and renders of ``|B_view - B|^2``. Landmarks where a millimetre of detection error

