@@ -14,10 +14,12 @@ MODULES = (
     "retarget_props",
     "ops_capture",
     "ops_rig",
+    "displacement_material",
     "ops_runtime",
     "ops_retarget",
     "ops_export",
     "ops_livelink",
+    "ops_emotion",
 )
 
 _registered: list = []

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import bpy
 
-from ._core import core
 
-displacement = importlib.import_module(core.__name__ + ".displacement")
+def _core_module(name: str):
+    """A core module, imported when first needed (registering imports nothing heavy)."""
+    from ._core import core
+
+    return importlib.import_module(core.__name__ + "." + name)
 
 MATERIAL_SUFFIX = "_displacement"
 SKIN = (0.8, 0.62, 0.52, 1.0)
@@ -35,9 +38,10 @@ SKIN = (0.8, 0.62, 0.52, 1.0)
 
 def sequence_for_capture(capture_path) -> Path:
     """The displacement folder beside a capture; BadInput-style error when absent."""
+    displacement = _core_module("displacement")
     folder = displacement.sequence_dir(capture_path)
     if not (folder / displacement.MANIFEST).is_file():
-        errors = importlib.import_module(core.__name__ + ".errors")
+        errors = _core_module("errors")
         raise errors.BadInput(f"{Path(capture_path).name} has no displacement sequence "
                               f"({folder.name}/): capture with --backend emoca and a "
                               "checkpoint holding the detail networks")
@@ -68,7 +72,7 @@ def add_displacement_material(obj, folder, frame_start: int = 1, uv_map: str = "
     Returns the material. Replaces the object's materials.
     """
     folder = Path(folder)
-    m = json.loads((folder / displacement.MANIFEST).read_text())
+    m = json.loads((folder / _core_module("displacement").MANIFEST).read_text())
     first_file = folder / m["pattern"].format(m["first"])
     if not first_file.is_file():
         raise FileNotFoundError(f"{first_file} is missing: the displacement sequence is incomplete")
@@ -163,4 +167,5 @@ class EMOCA_OT_displacement_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (EMOCA_OT_displacement_material,)
+CLASSES = (EMOCA_OT_displacement_material,)
+classes = CLASSES
