@@ -60,7 +60,7 @@ class EmotionIndex:
     def add_capture(self, cap, name: str | None = None) -> None:
         if "emotion_features" not in cap:
             raise BadInput(f"{name or 'capture'} has no emotion features; capture it again "
-                           "without --no-emotion (or run `python -m emoca_blender emotion` on it)")
+                           "without --no-emotion")
         self.add(name or str(cap.meta.get("source", {}).get("name", f"clip{len(self.clips)}")),
                  cap["emotion_features"], cap["valid"] & ~cap["interpolated"],
                  cap.get("emotion_probs"), cap.names.get("emotion_probs", ()))
