@@ -11,13 +11,26 @@ expression changes: the head pose, the camera and the jaw stay as captured (for 
 head model's ARKit basis the jaw* components are the jaw, and the eyeLook* components are
 the gaze: both are held fixed).
 
+Deviation from Eq. 1 as written (on by default, ``landmark_weight=0`` turns it off): a
+landmark consistency term ``w * mean_l ||P(e)_l - x_l||`` (the head model's landmarks
+projected by the frame's camera against the captured 2-D landmarks, in crop pixels,
+w = 0.3) is added, so that the emotion is fitted without drifting from the face's
+geometry (EMOCA trains with landmark losses beside its emotion loss; the supplementary's
+test-time optimisation lists only the emotion and regularisation terms).
+
 Renderer (:func:`render`, plain torch, no pytorch3d): a soft rasterizer (SoftRas-style:
 per-triangle sigmoid coverage of the signed distance to the triangle's edges, a soft
-z-buffer, alpha = the summed coverage, clamped to 1) of the head mesh, Gouraud-shaded with per-vertex
-gray levels sampled from the input crop at the captured expression's vertex positions
-(a vertex-colour texture from the frame itself, fixed during the optimisation), on a flat
-background of the crop's border gray. The camera is weak-perspective: the captured head
-rotation, with scale and image offset fitted to the captured 2-D landmarks.
+z-buffer, alpha = the summed coverage, clamped to 1) of the head mesh in the same 64x64
+grayscale crop box the emotion network reads for the input (the box from the frame's
+captured landmarks, :func:`emotion.crop_box`), drawn over the input crop itself (hair,
+background and neck are then identical and the distance measures the face). Appearance
+(``appearance="neutral"``, the default): the face is textured with the actor's *neutral*
+frame (the capture's calibration neutral), mapped through the head model at that frame's
+expression and pose, so the rendering carries emotion only through the expression's
+geometry, never by copying the refined frame's pixels; ``"frame"``: per-vertex gray
+levels sampled from the refined frame at the captured expression. The camera is
+weak-perspective: the captured head rotation, with scale and image offset fitted to the
+captured 2-D landmarks.
 
 Options: per frame or on keyframes (every k-th valid frame, the change interpolated
 between); ``strength`` scales the change (0 = the capture, 1 = the optimum). Off by
@@ -37,8 +50,8 @@ FIXED_ARKIT_PREFIXES = ("jaw", "eyeLook")
 
 @dataclass
 class RefineSettings:
-    iterations: int = 40
-    lr: float = 0.03
+    iterations: int = 60
+    lr: float = 0.1
     reg: float = REG
     keyframe_step: int = 1          # 1 = every frame; k = every k-th valid frame, interpolated
     strength: float = 1.0
@@ -46,6 +59,10 @@ class RefineSettings:
     gamma: float = 1.0              # soft z-buffer temperature, crop pixels
     candidates: int = 12            # triangles considered per pixel (nearest centroids)
     threads: int | None = 1
+    composite: bool = True          # draw the head over the input crop (else a flat gray)
+    landmark_weight: float = 0.3    # landmark consistency term (not in Eq. 1; 0 = Eq. 1)
+    appearance: str = "neutral"     # "neutral": the actor's neutral frame as the texture;
+    #                                 "frame": vertex colours from the refined frame itself
 
 
 @dataclass
@@ -82,13 +99,17 @@ class RefineResult:
 # -- the renderer ---------------------------------------------------------------------------
 
 def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: float = 1.0,
-           background: float = 0.5, candidates=None):
+           background=0.5, candidates=None, texture=None):
     """Soft-rasterize a mesh to a (size,size) gray image, differentiably.
 
     Args:
         v2: (V,2) tensor, vertex positions in output pixels (x right, y down).
         z: (V,) tensor, depth towards the viewer (larger = nearer), in pixels.
         colors: (V,) tensor, gray level per vertex.
+        background: a gray level, or a (size,size) tensor: the image the mesh is drawn over.
+        texture: optional (image (H,W) tensor, uv (V,2) tensor in that image's pixels): the
+            surface is textured by the image (bilinear, at the barycentric uv) instead of
+            Gouraud-shaded with ``colors``.
         faces: (F,3) long tensor.
         candidates: optional (P,K) long tensor, the triangles each pixel considers (from
             :func:`nearest_faces`; P = size*size); default all F triangles for every pixel.
@@ -122,9 +143,20 @@ def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: floa
     cov = torch.sigmoid(dist / sigma) * ok                               # (P,K)
     W = torch.stack([w0, w1, w2]).clamp(0, 1)
     W = W / W.sum(0, keepdim=True).clamp_min(1e-8)
-    zf, cf = z[fc], colors[fc]                                           # (P,K,3)
+    zf = z[fc]                                                           # (P,K,3)
+    cf = colors[fc] if texture is None else None
     zp = W[0] * zf[..., 0] + W[1] * zf[..., 1] + W[2] * zf[..., 2]
-    cp = W[0] * cf[..., 0] + W[1] * cf[..., 1] + W[2] * cf[..., 2]
+    if texture is None:
+        cp = W[0] * cf[..., 0] + W[1] * cf[..., 1] + W[2] * cf[..., 2]
+    else:
+        tex, uv = texture
+        uf = uv[fc]                                                      # (P,K,3,2)
+        up = W[0][..., None] * uf[..., 0, :] + W[1][..., None] * uf[..., 1, :] \
+            + W[2][..., None] * uf[..., 2, :]                            # (P,K,2)
+        H, Wd = tex.shape[-2:]
+        g = torch.stack([up[..., 0] / Wd, up[..., 1] / H], -1) * 2 - 1
+        cp = torch.nn.functional.grid_sample(tex[None, None], g[None], align_corners=False,
+                                             padding_mode="border")[0, 0]
     # soft z-buffer among the triangles that (nearly) cover the pixel: a far, uncovered
     # triangle must not win by being nearer the camera
     near = (cov > 1e-3).detach()
@@ -135,6 +167,8 @@ def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: floa
     # coverage summed, not SoftRas' 1 - prod(1 - cov): on an edge shared by two triangles
     # the two halves add up to 1 instead of leaving a see-through seam of alpha 0.75
     alpha = cov.sum(1).clamp(max=1.0)
+    if torch.is_tensor(background) and background.dim() > 0:
+        background = background.reshape(-1)                          # an image behind
     img = alpha * face_col + (1 - alpha) * background
     return img.reshape(size, size)
 
@@ -160,7 +194,8 @@ class FrameProblem:
     mesh's vertex colours, the fixed expression components."""
 
     def __init__(self, model, net, rgb: np.ndarray, lmk2d: np.ndarray, rotation: np.ndarray,
-                 e0: np.ndarray, free: np.ndarray, settings: RefineSettings):
+                 e0: np.ndarray, free: np.ndarray, settings: RefineSettings,
+                 crop: np.ndarray | None = None, texture=None):
         import torch
 
         from . import emotion
@@ -170,7 +205,10 @@ class FrameProblem:
         self.net = net
         box = emotion.crop_box(lmk2d)
         self.box = box
-        crop = emotion.crop_gray(rgb, box).astype(np.float32) / 255.0
+        if crop is None:
+            crop = emotion.crop_gray(rgb, box)
+        crop = np.asarray(crop, np.float32) / 255.0
+        self.texture = texture
         self.crop = torch.from_numpy(crop)
         with torch.no_grad():
             _, self.f_in = net(self.to_net(self.crop))
@@ -192,12 +230,14 @@ class FrameProblem:
             self.cam = torch.linalg.lstsq(A, rhs[:, None]).solution[:, 0]      # s, tx, ty
             # vertex colours: the input crop sampled at the captured vertex positions
             uv = self.to_crop(self.project(self.camera_points(self.e0)))
+            self.uv0 = uv
             g = (uv / 64.0) * 2 - 1
             self.colors = torch.nn.functional.grid_sample(
                 self.crop[None, None], g[None, None], align_corners=False,
                 padding_mode="border")[0, 0, 0]
             border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
-            self.background = float(np.median(border))
+            self.background = (self.crop.clone() if settings.composite
+                               else float(np.median(border)))
 
     def to_net(self, img):
         return (img * 2 - 1)[None, None]
@@ -226,11 +266,16 @@ class FrameProblem:
             self.cand = nearest_faces(uv.detach(), self.faces, 64, self.s.candidates)
         zs = C[:, 2] * self.cam[0] * (64.0 / self.box[2])
         return render(uv, zs, self.colors, self.faces, 64, self.s.sigma, self.s.gamma,
-                      self.background, self.cand)
+                      self.background, self.cand, self.texture)
 
     def feat_dist(self, e, refresh: bool = False):
         _, f = self.net(self.to_net(self.render(e, refresh)))
         return (f - self.f_in).norm()
+
+    def lmk_term(self, e):
+        """Mean landmark distance in crop pixels (the optional consistency term)."""
+        p = self.project(self.camera_points(e))[self.lmk_idx]
+        return (p - self.obs).norm(dim=1).mean() * (64.0 / float(self.box[2]))
 
     def lmk_err(self, e) -> float:
         import torch
@@ -251,6 +296,8 @@ class FrameProblem:
             e = self.expression(x)
             d = self.feat_dist(e, refresh=it % 10 == 0)
             loss = d + self.s.reg * (e ** 2).sum()
+            if self.s.landmark_weight:
+                loss = loss + self.s.landmark_weight * self.lmk_term(e)
             if best is None or float(loss.detach()) < best:
                 best, best_e = float(loss.detach()), e.detach().clone()
             opt.zero_grad()
@@ -260,11 +307,21 @@ class FrameProblem:
                 x.clamp_(0.0, 1.0)
         with torch.no_grad():
             e = self.expression(x)
-            loss = float(self.feat_dist(e, True) + self.s.reg * (e ** 2).sum())
-            if loss < best:
+            if self.objective(e) < best:
                 best_e = e.clone()
+            # candidates were refreshed only every 10 steps: compare with fresh ones, and
+            # never return something worse than the capture
+            if self.objective(best_e) > self.objective(self.e0):
+                best_e = self.e0.clone()
             d1 = float(self.feat_dist(best_e, True))
         return best_e.numpy(), d0, d1
+
+    def objective(self, e) -> float:
+        """The full loss at ``e`` (fresh triangle candidates), as minimised by solve()."""
+        loss = float(self.feat_dist(e, True) + self.s.reg * (e ** 2).sum())
+        if self.s.landmark_weight:
+            loss += float(self.s.landmark_weight * self.lmk_term(e))
+        return loss
 
 
 def torch_stack2(x, y):
@@ -283,6 +340,21 @@ def free_components(names) -> np.ndarray:
     """Which expression components the refinement may change (jaw and gaze stay fixed)."""
     return np.array([not any(str(n).startswith(p) for p in FIXED_ARKIT_PREFIXES)
                      for n in names], bool)
+
+
+def neutral_frame(cap, measured: np.ndarray) -> int | None:
+    """The actor's neutral frame: the capture's calibration neutral (the calmest frame the
+    backend found) when it is measured, else the measured frame with the least expression."""
+    cal = (cap.meta.get("backend") or {}).get("calibration") or {}
+    E = np.asarray(cap["expression"], np.float64)
+    cands = [int(i) for i in cal.get("neutral_frames", []) if 0 <= int(i) < len(measured)
+             and measured[int(i)]]
+    if cands:
+        return min(cands, key=lambda i: float(np.abs(E[i]).sum()))
+    idx = np.flatnonzero(measured)
+    if idx.size == 0:
+        return None
+    return int(idx[np.argmin(np.abs(E[idx]).sum(1))])
 
 
 def refine_capture(cap, frames, settings: RefineSettings | None = None, model=None,
@@ -331,14 +403,29 @@ def refine_capture(cap, frames, settings: RefineSettings | None = None, model=No
     net = emotion.torch_model()
     results: list[FrameResult] = []
     wanted = set(int(i) for i in want)
+    neutral = neutral_frame(cap, measured) if s.appearance == "neutral" else None
+    need = wanted | ({neutral} if neutral is not None else set())
+    # one pass over the video keeps only the 64x64 crops the network reads
+    crops: dict[int, np.ndarray] = {}
+    for i, rgb in frames:
+        if i >= N or len(crops) == len(need):
+            break
+        if i in need:
+            crops[i] = emotion.crop_gray(rgb, emotion.crop_box(cap["landmarks2d"][i]))
+    results: list[FrameResult] = []
     with torch_threads(s.threads):
-        for i, rgb in frames:
-            if i >= N:
-                break
-            if i not in wanted:
+        texture = None
+        if neutral is not None and neutral in crops:
+            nprob = FrameProblem(model, net, None, cap["landmarks2d"][neutral],
+                                 cap["head_rotation"][neutral], E[neutral], free, s,
+                                 crop=crops[neutral])
+            texture = (nprob.crop, nprob.uv0)
+        for i in sorted(wanted):
+            if i not in crops:
+                skipped.append(i)
                 continue
-            prob = FrameProblem(model, net, rgb, cap["landmarks2d"][i], cap["head_rotation"][i],
-                                E[i], free, s)
+            prob = FrameProblem(model, net, None, cap["landmarks2d"][i], cap["head_rotation"][i],
+                                E[i], free, s, crop=crops[i], texture=texture)
             e1, d0, d1 = prob.solve()
             results.append(FrameResult(int(i), e1, d0, d1, prob.lmk_err(prob.e0),
                                        prob.lmk_err(torch.from_numpy(e1))))

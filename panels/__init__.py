@@ -3,7 +3,7 @@
 operator is also found by F3 menu search."""
 import importlib
 
-MODULES = ("sidebar", "retarget")
+MODULES = ("sidebar", "retarget", "emotion")
 
 _registered: list = []
 

@@ -68,7 +68,7 @@ def test_refine_skips_faceless_frames_and_interpolates(demo_clip, tmp_path):
                       cache_dir=None).capture
     cap.arrays["valid"] = cap["valid"].copy()
     cap.arrays["valid"][20] = False                       # pretend no face there
-    s = R.RefineSettings(iterations=6, strength=0.5)
+    s = R.RefineSettings(iterations=6, strength=0.5, landmark_weight=0.0)   # Eq. 1 as written
     res = R.refine_capture(cap, video.iter_frames(demo_clip, 0, 40), s,
                            frame_subset=[10, 20, 30])
     assert res.skipped == [20]
@@ -82,6 +82,44 @@ def test_refine_skips_faceless_frames_and_interpolates(demo_clip, tmp_path):
         full = np.clip(f.expression, 0, 1)
         np.testing.assert_allclose(E1[f.frame], np.clip(E0[f.frame] + 0.5 * (full - E0[f.frame]),
                                                         0, 1), atol=1e-5)
-        assert f.feat_dist_after <= f.feat_dist_before + 1e-6    # never worse than the start
+        # never worse than the start (the Eq. 1 objective: distance + 1e-3 ||e||^2)
+        assert f.feat_dist_after + 1e-3 * float((f.expression ** 2).sum()) <= \
+            f.feat_dist_before + 1e-3 * float((E0[f.frame] ** 2).sum()) + 1e-5
     with pytest.raises(R.BadInput, match="strength"):
         R.refine_capture(cap, iter(()), R.RefineSettings(strength=2.0))
+
+
+def test_render_texture_and_image_background():
+    """Texture mapping: a square textured with an image at its own pixel positions shows
+    that image; outside it the background image shows."""
+    v2, faces = _square()
+    tex = torch.linspace(0, 1, 64)[None].repeat(64, 1)          # a horizontal ramp
+    uv = v2.clone()                                             # uv = the pixel positions
+    bg = torch.full((64, 64), 0.25)
+    bg[:, :8] = 0.75
+    img = R.render(v2, torch.zeros(4), torch.zeros(4), faces, 64, sigma=0.3, background=bg,
+                   texture=(tex, uv))
+    inside = img[20:44, 20:44]
+    assert torch.allclose(inside, tex[20:44, 20:44], atol=2e-3)
+    assert float(img[2, 2]) == pytest.approx(0.75, abs=1e-3)
+    assert float(img[2, 60]) == pytest.approx(0.25, abs=1e-3)
+    # moving the texture coordinates shifts the texture (what the expression does)
+    img2 = R.render(v2, torch.zeros(4), torch.zeros(4), faces, 64, sigma=0.3, background=bg,
+                    texture=(tex, uv + torch.tensor([8.0, 0.0])))
+    assert torch.allclose(img2[20:44, 20:44], tex[20:44, 28:52], atol=2e-3)
+
+
+def test_neutral_frame_prefers_the_calibration_neutral():
+    from types import SimpleNamespace
+
+    E = np.full((6, 4), 0.5)
+    E[4] = 0.0
+    E[2] = 0.1
+    cap = SimpleNamespace(meta={"backend": {"calibration": {"neutral_frames": [1, 2, 5]}}},
+                          __getitem__=None)
+    cap = type("C", (), {"meta": cap.meta, "__getitem__": lambda self, k: E})()
+    measured = np.array([1, 1, 1, 1, 1, 0], bool)
+    assert R.neutral_frame(cap, measured) == 2          # calibration frames, least expression
+    cap.meta = {}
+    assert R.neutral_frame(cap, measured) == 4          # else the calmest measured frame
+    assert R.neutral_frame(cap, np.zeros(6, bool)) is None

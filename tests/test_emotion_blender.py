@@ -1,0 +1,198 @@
+"""Emotion in Blender, in the installed extension (private HOME, one subprocess): the
+Emotion panel drawn (real UILayout API checked) with no capture, a capture without emotion
+and a capture with emotion; emotion curves keyed as custom properties on the rig through
+bpy.ops; the timeline's boxes; Find Similar Frames jumping to the nearest frame in
+emotion-feature space, with a library folder of other captures; Jump / Next Match."""
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+try:
+    tx = importlib.import_module("test_extension")
+except ImportError:  # --import-mode=importlib
+    _spec = importlib.util.spec_from_file_location("test_extension", HERE / "test_extension.py")
+    tx = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(tx)
+
+
+@pytest.fixture(scope="module")
+def built_zip(tmp_path_factory) -> Path:
+    return tx.bx.build(tx.ROOT, tmp_path_factory.mktemp("dist"))
+
+
+EMOTION_CAPTURE = r'''
+def make_emotion_capture(path, n=40, seed=0, plant=None):
+    """A capture whose dominant emotion is happy (frames 0-14), sad (15-29), surprise
+    (30-39), with one flicker frame (7: angry) the timeline merges away. Emotion
+    features are random and far apart, except ``plant`` = {frame: vector}."""
+    cf = importlib.import_module(MOD + ".emoca_blender.capture_file")
+    arkit = importlib.import_module(MOD + ".emoca_blender.arkit")
+    emo = importlib.import_module(MOD + ".emoca_blender.emotion")
+    rng = np.random.default_rng(seed)
+    cap = cf.load_capture(make_tiny_capture(path, n=n))
+    probs = rng.random((n, 7)) * 0.1
+    probs[:15, 3] += 1.0
+    probs[15:30, 4] += 1.0
+    probs[30:, 5] += 1.0
+    probs[7, 0] += 2.0
+    probs /= probs.sum(1, keepdims=True)
+    feats = rng.standard_normal((n, 32)) * 5.0
+    for f, v in (plant or {}).items():
+        feats[f] = v
+    arrays = dict(cap.arrays, emotion_probs=probs, emotion_features=feats)
+    meta = dict(cap.meta, emotion={"frames_analysed": n, "stride": 1,
+                                   "classes": list(emo.CLASS_NAMES)})
+    names = dict(cap.names, emotion_probs=emo.CLASS_NAMES)
+    cf.save_capture(cf.make_capture(arrays, meta, names), path)
+    return path, probs, feats
+'''
+
+
+@tx.needs_bpy
+def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
+    res = tx.run_blender_script(tmp_path, '''
+        install(enable=True)
+        scene = bpy.context.scene
+        props, es = scene.emoca, scene.emoca_emotion
+        ba = importlib.import_module(MOD + ".operators.blender_anim")
+        tmp = os.getcwd()
+        out = {}
+        EMO_OPS = ("key_emotion", "emotion_find_similar", "emotion_jump")
+
+        def emotion_panel():
+            d = draw_all()
+            return d["Emotion"]
+
+        # 1. no capture
+        for o in list(bpy.data.objects):
+            bpy.data.objects.remove(o)
+        log = emotion_panel()
+        out["none"] = dict(labels=[c[1] for c in log if c[0] == "label"],
+                           polls={o: poll(o) for o in EMO_OPS})
+
+        # 2. a capture without emotion curves
+        props.capture_path = str(make_tiny_capture(os.path.join(tmp, "plain.capture.npz"), n=8))
+        log = emotion_panel()
+        out["plain"] = dict(labels=[c[1] for c in log if c[0] == "label"],
+                            polls={o: poll(o) for o in EMO_OPS})
+
+        # 3. a capture with emotion: frame 5's feature planted near frame 33 (and 22,
+        # farther); a library clip holds a frame nearer still
+        rng = np.random.default_rng(7)
+        q = rng.standard_normal(32) * 5.0
+        path, probs, feats = make_emotion_capture(
+            os.path.join(tmp, "actor.capture.npz"),
+            plant={5: q, 33: q + 0.1, 22: q + 0.3, 6: q + 0.01})
+        os.makedirs(os.path.join(tmp, "lib"))
+        make_emotion_capture(os.path.join(tmp, "lib", "other.capture.npz"), n=20, seed=3,
+                             plant={12: q + 0.05})
+        props.capture_path = str(path)
+        props.frame_start = 1
+        scene.frame_set(12)
+        log = emotion_panel()
+        out["emotion_norig"] = dict(
+            labels=[c[1] for c in log if c[0] == "label"],
+            ops=[c[1] for c in log if c[0] == "operator"],
+            progress=[c[1] for c in log if c[0] == "progress"],
+            polls={o: poll(o) for o in EMO_OPS})
+
+        # key the curves on the rig: Build Rig, then Key Emotion Curves
+        r_rig = bpy.ops.emoca.build_rig()
+        arm = props.actor_armature
+        before = {k for k in ba.read_fcurves(arm)}
+        r_key = bpy.ops.emoca.key_emotion()
+        curves = ba.read_fcurves(arm)
+        emo = {k[0]: (f.tolist(), v.tolist()) for k, (f, v) in curves.items()
+               if k[0].startswith('["emotion_')}
+        scene.frame_set(10)
+        at10 = {n: float(arm[n]) for n in ("emotion_happy", "emotion_angry")}
+        ui = arm.id_properties_ui("emotion_happy").as_dict()
+        r_key2 = bpy.ops.emoca.key_emotion()          # again: replaced, not duplicated
+        out["keyed"] = dict(rig=sorted(r_rig), key=sorted(r_key), key2=sorted(r_key2),
+                            bone_curves_kept=sorted(map(list, before - set(ba.read_fcurves(arm)))),
+                            n_after=len(ba.read_fcurves(arm)), n_before=len(before),
+                            emo=emo, at10=at10, ui=[ui.get("min"), ui.get("max")],
+                            props=sorted(k for k in arm.keys() if k.startswith("emotion_")))
+        out["probs"] = probs.tolist()
+        log = emotion_panel()
+        out["emotion_rig"] = dict(labels=[c[1] for c in log if c[0] == "label"])
+
+        # timeline box -> jump
+        scene.frame_set(1)
+        r = bpy.ops.emoca.emotion_jump(frame=20)
+        out["jump"] = [sorted(r), scene.frame_current]
+
+        # find similar from frame 6 (capture frame 5): the own neighbourhood (gap 3) is
+        # left out, so frame 34 (capture 33) wins in this clip
+        es.min_gap = 3
+        es.count = 3
+        scene.frame_set(6)
+        r = bpy.ops.emoca.emotion_find_similar()
+        out["similar"] = dict(result=sorted(r), frame=scene.frame_current,
+                              matches=[(m.clip, m.frame, round(m.distance, 4), m.here, m.label)
+                                       for m in es.matches], status=es.status)
+        r = bpy.ops.emoca.emotion_jump()               # next match of this capture
+        out["next"] = [sorted(r), scene.frame_current]
+        es.library = os.path.join(tmp, "lib")
+        scene.frame_set(6)
+        bpy.ops.emoca.emotion_find_similar()
+        out["library"] = [(m.clip, m.frame, round(m.distance, 4), m.here) for m in es.matches]
+        log = emotion_panel()
+        out["panel_matches"] = [c for c in log if c[0] in ("template_list", "operator")]
+        # outside the capture: a clear report, nothing changes
+        scene.frame_set(500)
+        try:
+            bpy.ops.emoca.emotion_find_similar()
+            out["outside"] = "no error"
+        except RuntimeError as e:
+            out["outside"] = str(e)
+        result(out)
+    ''', str(built_zip), libs=tx.FAKE_LAYOUT + tx.TINY_CAPTURE + EMOTION_CAPTURE)
+
+    assert "No capture yet: capture a video or choose a .capture.npz file" in res["none"]["labels"]
+    assert res["none"]["polls"] == {"key_emotion": False, "emotion_find_similar": False,
+                                    "emotion_jump": True}
+    assert any("no emotion curves" in t for t in res["plain"]["labels"])
+    assert not res["plain"]["polls"]["key_emotion"]
+    assert not res["plain"]["polls"]["emotion_find_similar"]
+
+    e = res["emotion_norig"]
+    assert "Emotion over 40 frames (dominant class)" in e["labels"]
+    # the timeline: three boxes (the 1-frame flicker merged), each jumps to its stretch
+    assert e["ops"].count("emoca.emotion_jump") == 3
+    assert "1-15 | 16-30 | 31-40" in e["labels"]
+    assert e["progress"][0].startswith("happy ")           # frame 12 -> capture frame 11
+    assert e["polls"]["emotion_find_similar"] and e["polls"]["key_emotion"] is False
+
+    k = res["keyed"]
+    assert k["rig"] == ["FINISHED"] and k["key"] == ["FINISHED"] and k["key2"] == ["FINISHED"]
+    assert k["bone_curves_kept"] == []                     # the rig's curves are still there
+    assert k["n_after"] == k["n_before"] + 7
+    classes = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert k["props"] == sorted(f"emotion_{c}" for c in classes)
+    probs = res["probs"]
+    for j, c in enumerate(classes):
+        frames, vals = k["emo"][f'["emotion_{c}"]']
+        assert frames == [float(f) for f in range(1, 41)]
+        assert vals == pytest.approx([p[j] for p in probs], abs=1e-6)
+    assert k["at10"]["emotion_happy"] == pytest.approx(probs[9][3], abs=1e-5)
+    assert k["ui"] == [0.0, 1.0]
+    assert any(t.startswith("Keyed on ") for t in res["emotion_rig"]["labels"])
+
+    assert res["jump"] == [["FINISHED"], 20]
+    s = res["similar"]
+    assert s["result"] == ["FINISHED"] and s["frame"] == 34
+    m = s["matches"]
+    assert [x[1] for x in m] == [34, 23] + [x[1] for x in m[2:]]
+    assert all(x[3] for x in m) and all(abs(x[1] - 6) > 3 for x in m)
+    assert m[0][2] == pytest.approx(0.1 * 32 ** 0.5, rel=1e-3)
+    assert m[0][4] == "surprise" and m[1][4] == "sad"
+    assert res["next"] == [["FINISHED"], 23]
+    lib = res["library"]
+    assert lib[0][0] == "other" and lib[0][1] == 12 and not lib[0][3]
+    assert lib[1][1] == 34 and lib[1][3]
+    assert ["template_list", "EMOCA_UL_emotion_matches"] in res["panel_matches"]
+    assert "outside the capture" in res["outside"]
