@@ -14,6 +14,26 @@ Metrics:
   knows the face up to scale); the synthetic model is in metres, so 1 unit = 1000 mm.
 - expression correlation: Pearson r between fitted and true curves over time, mean over the
   50 components (also the minimum). Targets: <= 1.5 mm, >= 0.9.
+
+Units: the synthetic model is built on FLAME's template in metres; "mm-equivalent" = 1e-3
+model units. The face spans ~0.117 m = 163 px, so 1 px of noise is ~0.72 mm on the face.
+
+What the targets demand is not all observable (measured here, rows "information bound"):
+the linearised Bayesian posterior at the TRUE parameters (landmark Jacobians of the fitter's
+own model, 1 px noise, the fitter's N(0,1) priors) gives the error ANY estimator must expect
+- identity, with expression/pose/camera known and every frame used: the face-region RMS
+  error of the identity alone (the 1787 'face' vertices vs 105 landmarks: forehead, cheeks,
+  and depth (weak perspective: only seen through head rotation) are mostly unseen);
+- expression, one frame, identity/pose/camera known: the face-region RMS error and the
+  expected correlation sqrt(1 - posterior var / true var) per component.
+When these bounds exceed the targets, the targets ask for what 105 landmarks + 2 pupils at
+1 px cannot determine; the rows say so ("bound > target"). The observable part is then
+scored separately, with the SAME bars: expression r over the components the landmarks
+determine (information-bound r >= 0.95), and the 3D error at the observed surface points
+(the embedded landmarks and pupils, pose removed, one similarity for the clip).
+The row "optimiser gap" checks the fitter itself: a fit started from the true parameters
+ends at the same cost (relative difference) as the fit from scratch, i.e. the fit reaches
+the maximum a posteriori and what remains is the problem's, not the optimiser's.
 """
 from __future__ import annotations
 
@@ -27,6 +47,7 @@ import common  # noqa: E402
 sys.path.insert(0, str(common.ROOT / "tests"))
 
 N_FRAMES = 120
+OBSERVABLE_R = 0.95
 FACE_PX = 224.0
 NOISE_PX = 1.0
 
@@ -49,7 +70,37 @@ def make_clip(m, emb, eye_ids, seed=0, n=N_FRAMES, fps=25.0, E=50, S=100):
     s = FACE_PX / 1.375 / width
     px = s * pts + FACE_PX / 2
     px += rng.normal(0, NOISE_PX, px.shape)
-    return dict(beta=beta, expr=expr, pose=pose, lmk=px[:, :-2], iris=px[:, -2:])
+    return dict(beta=beta, expr=expr, pose=pose, lmk=px[:, :-2], iris=px[:, -2:], scale=s,
+                shift=np.full((n, 2), FACE_PX / 2))
+
+
+def information_bounds(m, emb, eye_ids, c, face, S=100, E=50):
+    """Linearised posterior at the truth (see the module docstring). Returns identity face
+    RMS (mm), expression face RMS (mm, mean over frames), expected r per component (E,)."""
+    import numpy as np
+    import torch
+
+    from emoca_blender.backends import flame_fit
+
+    n = len(c["expr"])
+    lm = flame_fit.LandmarkModel(m, emb, S, E, eye_ids)
+    x = np.concatenate([c["expr"], c["pose"].reshape(n, 15), np.full((n, 1), np.log(c["scale"])),
+                        c["shift"]], 1)
+    _, Jc, _ = lm.jacobians(torch.tensor(x), torch.tensor(c["beta"]))
+    Jc = Jc.reshape(n, -1, S + E).numpy()                       # pixels per unit, sigma = 1 px
+    Mb = 1000 * m.shapedirs[face][:, :, :S].reshape(-1, S)
+    Me = 1000 * m.exprdirs[face][:, :, :E].reshape(-1, E)
+    nf = len(face)
+    Hb = np.einsum("nri,nrj->ij", Jc[..., :S], Jc[..., :S]) + np.eye(S)
+    id_rms = np.sqrt(np.trace(Mb @ np.linalg.solve(Hb, Mb.T)) / nf)
+    var_true = c["expr"].var(0)
+    ex_ms, r = [], []
+    for t in range(n):
+        He = Jc[t][:, S:].T @ Jc[t][:, S:] + np.diag(1.0 / var_true)
+        Ce = np.linalg.inv(He)
+        ex_ms.append(np.trace(Me @ Ce @ Me.T) / nf)
+        r.append(np.sqrt(np.clip(1 - np.diag(Ce) / var_true, 0, 1)))
+    return float(id_rms), float(np.sqrt(np.mean(ex_ms))), np.mean(r, 0)
 
 
 def similarity(a, b):
@@ -87,11 +138,17 @@ def run() -> list[dict]:
     rows = []
     for seed in (0, 1):
         c = make_clip(m, emb, eye_ids, seed=seed)
+        st = flame_fit.FitSettings(device="cpu")
         t0 = time.perf_counter()
-        r = flame_fit.fit_landmarks(m, emb, c["lmk"], iris=c["iris"], eye_ids=eye_ids,
-                                    settings=flame_fit.FitSettings(device="cpu"))
+        r = flame_fit.fit_landmarks(m, emb, c["lmk"], iris=c["iris"], eye_ids=eye_ids, settings=st)
         dt = time.perf_counter() - t0
         n = len(c["expr"])
+        truth = flame_fit.FitResult(shape=c["beta"], expression=c["expr"], pose=c["pose"],
+                                    scale=np.full(n, c["scale"]), trans=c["shift"],
+                                    residual_px=np.zeros(n))
+        r_t = flame_fit.fit_landmarks(m, emb, c["lmk"], iris=c["iris"], eye_ids=eye_ids,
+                                      settings=st, init=truth)
+        gap = (r.info["cost"] - r_t.info["cost"]) / r_t.info["cost"]
         p_true, p_fit = c["pose"].copy(), r.pose.copy()
         p_true[:, 0] = 0
         p_fit[:, 0] = 0
@@ -100,19 +157,38 @@ def run() -> list[dict]:
         face = masks["face"]
         a = similarity(vf[:, face].reshape(-1, 3), vt[:, face].reshape(-1, 3))
         err_mm = 1000 * np.linalg.norm(a - vt[:, face].reshape(-1, 3), axis=1).mean()
+        pts = lambda v: np.concatenate([emb.points(v, m.faces), v[:, eye_ids]], 1)  # noqa: E731
+        lt, lf = pts(vt).reshape(-1, 3), pts(vf).reshape(-1, 3)
+        surf_mm = 1000 * np.linalg.norm(similarity(lf, lt) - lt, axis=1).mean()
         ce = c["expr"] - c["expr"].mean(0)
         fe = r.expression - r.expression.mean(0)
         corr = (ce * fe).sum(0) / np.sqrt((ce ** 2).sum(0) * (fe ** 2).sum(0))
+        id_rms, ex_rms, r_bound = information_bounds(m, emb, eye_ids, c, face)
+        obs = r_bound >= OBSERVABLE_R
         case = f"clip {seed}: {n} fr, {FACE_PX:.0f} px face, {NOISE_PX:g} px noise"
-        rows += [
-            common.row("flame_fit_accuracy", case, "face vertex error", round(float(err_mm), 3),
-                       "mm", "<= 1.5", bool(err_mm <= 1.5)),
-            common.row("flame_fit_accuracy", case, "expression r (mean of 50)",
-                       round(float(corr.mean()), 3), "", ">= 0.9", bool(corr.mean() >= 0.9)),
-            common.row("flame_fit_accuracy", case, "expression r (min)", round(float(corr.min()), 3), ""),
-            common.row("flame_fit_accuracy", case, "landmark residual", round(float(r.residual_px.mean()), 3), "px"),
-            common.row("flame_fit_accuracy", case, "fit time (CPU)", round(dt, 2), "s"),
-        ]
+        R = lambda *a: rows.append(common.row("flame_fit_accuracy", case, *a))  # noqa: E731
+        R("face vertex error", round(float(err_mm), 3), "mm", "<= 1.5", bool(err_mm <= 1.5))
+        R("expression r (mean of 50)", round(float(corr.mean()), 3), "", ">= 0.9",
+          bool(corr.mean() >= 0.9))
+        R("expression r (min)", round(float(corr.min()), 3), "")
+        R("information bound: identity face RMS (all else known)", round(id_rms, 3), "mm",
+          "bound > target" if id_rms > 1.5 else "", None)
+        R("information bound: expression face RMS (1 frame, all else known)", round(ex_rms, 3),
+          "mm", "bound > target" if ex_rms > 1.5 else "", None)
+        R("information bound: expression r (mean of 50, 1 frame)",
+          round(float(r_bound.mean()), 3), "", "bound < target" if r_bound.mean() < 0.9 else "",
+          None)
+        R(f"observable expression components (bound r >= {OBSERVABLE_R})", int(obs.sum()), "")
+        if obs.any():           # scored only when enough components are observable to mean much
+            R("expression r (mean of observable components)", round(float(corr[obs].mean()), 3),
+              "", ">= 0.9" if obs.sum() >= 5 else f"(only {int(obs.sum())} observable)",
+              bool(corr[obs].mean() >= 0.9) if obs.sum() >= 5 else None)
+        R("observed-surface error (landmarks + pupils, 3D)", round(float(surf_mm), 3), "mm",
+          "<= 1.5", bool(surf_mm <= 1.5))
+        R("landmark residual", round(float(r.residual_px.mean()), 3), "px")
+        R("optimiser gap (cost vs fit from the truth)", round(float(gap), 5), "", "<= 1e-3",
+          bool(gap <= 1e-3))
+        R("fit time (CPU)", round(dt, 2), "s", "<= 30", bool(dt <= 30))
     return rows
 
 

@@ -108,7 +108,8 @@ def cmd_rig(args, progress) -> int:
     _check_writable(out)
     cap = _load_capture(args.capture)
     scene.new_scene()
-    scene.build_actor(cap, model_path=args.model)
+    scene.build_actor(cap, model_path=args.model, flame_dir=args.flame_dir or None,
+                      capture_path=Path(args.capture))
     scene.save_blend(out)
     print(f"wrote {out}")
     return EXIT_OK
@@ -157,7 +158,9 @@ def cmd_run(args, progress) -> int:
     if progress.mode == "json":
         progress.stage("scene", 3)
     report = scene.run_job(res.capture, out_dir, name, character=args.character,
-                           frame_start=args.frame_start)
+                           frame_start=args.frame_start,
+                           flame_dir=getattr(args, "flame_dir", "") or None,
+                           capture_path=res.path)
     report["capture"] = str(res.path)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     progress.done(**report)
@@ -235,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("capture")
     p.add_argument("-o", "--output", required=True, help="output .blend")
     p.add_argument("--model", default=None, help="head model .npz (default: the bundled open model)")
+    p.add_argument("--flame-dir", default="", metavar="DIR",
+                   help="your FLAME folder, for a capture made with --backend flame-fit/emoca: "
+                        "builds the FLAME rig (identity, expression and pose-corrective keys)")
     p.set_defaults(func=cmd_rig)
 
     p = sub.add_parser("retarget", help="bake a capture onto a character (.blend)",

@@ -37,6 +37,10 @@ def _model_for(capture, model_path=None):
         model = head_model.load_head_model(model_path)
     elif name == "open_head":
         model = head_model.load_head_model(head_model.bundled(head_model.OPEN_HEAD))
+    elif name.startswith("FLAME-"):
+        raise _bad_input(f"this capture was made with the FLAME model {name!r} (backend "
+                         "flame-fit or emoca): give your FLAME folder with --flame-dir (or set "
+                         "EMOCA_BLENDER_FLAME_DIR)")
     else:
         raise _bad_input(f"this capture was made with head model {name!r}; give its model "
                          f"file with --model")
@@ -56,12 +60,54 @@ def _place(objs, x: float) -> None:
             o.location.x += x
 
 
-def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 0.0):
-    """The head rig of the capture's head model, animated by the capture."""
-    model = _model_for(capture, model_path)
-    mesh, arm = rig_build.build_head_object(model, ACTOR_NAME)
-    rig_build.animate_head_rig(mesh, arm, capture, frame_start=frame_start,
-                               channels="expression")
+def _flame_model_for(capture, flame_dir):
+    """The FLAME HeadModel of a flame-fit/emoca capture: the user's FLAME model with the
+    capture's identity baked in (UVs when head_template.obj is there); refuses a capture
+    made with another model (flame.FlameError -> BadInput naming both)."""
+    import importlib
+    import os
+
+    flame = importlib.import_module(_core_pkg.__name__ + ".flame")
+    flame_dir = flame_dir or os.environ.get("EMOCA_BLENDER_FLAME_DIR")
+    try:
+        assets = flame.load_assets(flame_dir)
+        return flame.head_model_for_capture(assets.model, capture, uv_coords=assets.uv_coords,
+                                            uv_faces=assets.uv_faces)
+    except flame.FlameError as e:
+        raise _bad_input(str(e)) from None
+
+
+def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 0.0,
+                flame_dir=None, capture_path=None):
+    """The head rig of the capture's head model, animated by the capture: for a FLAME
+    capture (``head_model`` FLAME-...) with ``flame_dir``, the FLAME rig
+    (:func:`rig_build.build_flame_rig`: identity baked, expression and pose-corrective keys,
+    joint offsets), whose material plays the capture's displacement maps when the emoca
+    backend wrote them beside ``capture_path``. The capture's emotion curves, when it has
+    them, are keyed as custom properties of the rig (``emotion_happy``...)."""
+    import os
+
+    name = str(capture.meta.get("head_model") or "")
+    if name.startswith("FLAME-") and not model_path and (
+            flame_dir or os.environ.get("EMOCA_BLENDER_FLAME_DIR")):
+        model = _flame_model_for(capture, flame_dir)
+        mesh, arm, _ = rig_build.build_flame_rig(model, capture, ACTOR_NAME,
+                                                 frame_start=frame_start)
+        if capture_path is not None:
+            from . import displacement_material
+
+            seq = displacement_material._core_module("displacement").sequence_dir(capture_path)
+            if seq.is_dir():
+                displacement_material.apply_to_rig(mesh, capture_path, frame_start=frame_start)
+    else:
+        model = _model_for(capture, model_path)
+        mesh, arm = rig_build.build_head_object(model, ACTOR_NAME)
+        rig_build.animate_head_rig(mesh, arm, capture, frame_start=frame_start,
+                                   channels="expression")
+    if "emotion_probs" in capture:
+        from . import ops_emotion
+
+        ops_emotion.key_emotion_curves(arm if arm is not None else mesh, capture, frame_start)
     _place([mesh, arm], offset)
     return mesh, arm
 
@@ -143,12 +189,13 @@ def export_blend_to_fbx(blend: Path, out: Path, objects=None) -> Path:
 
 
 def run_job(capture, out_dir: Path, name: str, character: str = "sample",
-            frame_start: int = 1) -> dict:
+            frame_start: int = 1, flame_dir=None, capture_path=None) -> dict:
     """The demo scene: actor rig on the left, retargeted character on the right; writes
     NAME.blend (both) and NAME.fbx (the character with its animation)."""
     out_dir = Path(out_dir)
     new_scene()
-    actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING)
+    actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING,
+                                        flame_dir=flame_dir, capture_path=capture_path)
     summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING)
     scene = bpy.context.scene
     char_objs = [bpy.data.objects[n] for n in summary["objects"]]

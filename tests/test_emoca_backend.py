@@ -194,6 +194,15 @@ def _blender_part(assets, done):
         assert disp.inputs["Scale"].default_value == pytest.approx(2 * displacement.RANGE_M)
         assert mesh.data.uv_layers.get("UVMap") is not None
         assert mesh.data.materials[0] == mat
+    # the CLI's rig path (`rig --flame-dir`, `run`) gives the same rig its displacement maps
+    from operators import cli_scene
+
+    clip, path, cap = done[0]
+    cli_scene.new_scene()
+    mesh, arm = cli_scene.build_actor(cap, flame_dir=str(assets["flame"]), capture_path=path)
+    mat = mesh.data.materials[0]
+    tex = next(n for n in mat.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert tex.image.source == "SEQUENCE" and tex.image_user.frame_duration == cap.n_frames
 
 
 # -------------------------------------------------------------------- bad input

@@ -76,3 +76,28 @@ def test_every_shared_clip_end_to_end(tmp_path, clip):
     found = (cap["valid"] & ~cap["interpolated"]).mean()
     assert found >= 0.95, f"face found in {found:.1%} of frames"
     assert (tmp_path / f"{clip.stem}.fbx").stat().st_size > 10_000
+
+
+def test_demo_blend_has_emotion_curves_on_the_actor(tmp_path, demo_clip):
+    """`run` keys the capture's emotion curves on the actor rig (custom properties)."""
+    import bpy
+
+    done = _run(demo_clip, tmp_path, "emo")
+    cap = cf.load_capture(done["capture"])
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "emo.blend"))
+    arm = bpy.data.objects["EMOCA_actor_rig"]
+    paths = set()
+    for layer in arm.animation_data.action.layers:
+        for strip in layer.strips:
+            for bag in strip.channelbags:
+                for fc in bag.fcurves:
+                    paths.add(fc.data_path)
+                    if fc.data_path == '["emotion_happy"]':
+                        co = np.empty(2 * len(fc.keyframe_points))
+                        fc.keyframe_points.foreach_get("co", co)
+                        happy = co[1::2]
+    assert '["emotion_happy"]' in paths and any("pose.bones" in p for p in paths)
+    j = list(cap.names["emotion_probs"]).index("happy")
+    np.testing.assert_allclose(happy, cap["emotion_probs"][:, j], atol=1e-5)
+    # the smile in the middle of the clip reads as happier than its neutral start
+    assert happy[30:45].mean() > happy[:8].mean()
