@@ -76,6 +76,8 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         props = context.scene.emoca
         try:
             cap = load_capture(context)
+            if str(cap.meta.get("head_model") or "").startswith("FLAME-"):
+                return self._build_flame(context, cap)
             model = head_model.load_head_model(head_model.bundled(OPEN_HEAD))
         except (capture_file.CaptureError, head_model.HeadModelError) as e:
             self.report({'ERROR'}, str(e))
@@ -103,6 +105,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         props.actor_mesh = mesh
         if arm is not None:
             props.actor_armature = arm
+        _key_emotion(arm or mesh, cap, props.frame_start)
         select_only(context, [arm or mesh, mesh])
         n_keys = len(summary.get("shape_keys", ())) if isinstance(summary, dict) else 0
         first, last = (summary.get("frames") if isinstance(summary, dict) else None) or \
@@ -113,6 +116,49 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             msg += f" ({len(missing)} capture channels have no shape key)"
         self.report({'INFO'}, msg)
         return {'FINISHED'}
+
+
+    def _build_flame(self, context, cap):
+        """A FLAME/EMOCA capture: the FLAME rig from the user's FLAME folder (preferences),
+        with the capture's displacement maps on its material when the emoca backend wrote
+        them."""
+        from . import cli_scene, rig_build
+        from .properties import get_prefs
+        props = context.scene.emoca
+        flame_dir = properties.abspath(getattr(get_prefs(context), "flame_folder", "") or "")
+        if not flame_dir:
+            self.report({'ERROR'}, "This capture was made with FLAME: set the FLAME folder in "
+                                   "Edit > Preferences > Add-ons > EMOCA Face Capture")
+            return {'CANCELLED'}
+        capture_path = properties.abspath(props.capture_path)
+        try:
+            model = cli_scene._flame_model_for(cap, flame_dir)
+            stem = capture_stem(capture_path)
+            mesh, arm, summary = rig_build.build_flame_rig(
+                model, cap, f"Actor_{stem}", collection=ensure_collection(context.scene),
+                frame_start=props.frame_start)
+            from . import displacement_material as dm
+            if dm._core_module("displacement").sequence_dir(capture_path).is_dir():
+                dm.apply_to_rig(mesh, capture_path, frame_start=props.frame_start)
+        except Exception as e:  # noqa: BLE001 - BadInput and FLAME errors read as one line
+            if type(e).__name__ in ("BadInput", "FlameError", "HeadModelError", "CaptureError"):
+                self.report({'ERROR'}, str(e))
+                return {'CANCELLED'}
+            return _unexpected(self, "Build FLAME rig", e)
+        props.actor_mesh = mesh
+        if arm is not None:
+            props.actor_armature = arm
+        _key_emotion(arm or mesh, cap, props.frame_start)
+        select_only(context, [arm or mesh, mesh])
+        self.report({'INFO'}, f"Built FLAME rig {mesh.name}: {cap.n_frames} frames")
+        return {'FINISHED'}
+
+
+def _key_emotion(obj, cap, frame_start: int) -> None:
+    """The capture's emotion curves, when it has them, keyed on the rig (custom properties)."""
+    if "emotion_probs" in cap:
+        from . import ops_emotion
+        ops_emotion.key_emotion_curves(obj, cap, frame_start)
 
 
 class EMOCA_OT_add_sample_character(bpy.types.Operator):

@@ -103,6 +103,7 @@ def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
         r_rig = bpy.ops.emoca.build_rig()
         arm = props.actor_armature
         before = {k for k in ba.read_fcurves(arm)}
+        keyed_by_rig = sorted(k[0] for k in before if k[0].startswith('["emotion_'))
         r_key = bpy.ops.emoca.key_emotion()
         curves = ba.read_fcurves(arm)
         emo = {k[0]: (f.tolist(), v.tolist()) for k, (f, v) in curves.items()
@@ -114,6 +115,7 @@ def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
         out["keyed"] = dict(rig=sorted(r_rig), key=sorted(r_key), key2=sorted(r_key2),
                             bone_curves_kept=sorted(map(list, before - set(ba.read_fcurves(arm)))),
                             n_after=len(ba.read_fcurves(arm)), n_before=len(before),
+                            keyed_by_rig=keyed_by_rig,
                             emo=emo, at10=at10, ui=[ui.get("min"), ui.get("max")],
                             props=sorted(k for k in arm.keys() if k.startswith("emotion_")))
         out["probs"] = probs.tolist()
@@ -170,7 +172,9 @@ def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
     k = res["keyed"]
     assert k["rig"] == ["FINISHED"] and k["key"] == ["FINISHED"] and k["key2"] == ["FINISHED"]
     assert k["bone_curves_kept"] == []                     # the rig's curves are still there
-    assert k["n_after"] == k["n_before"] + 7
+    # Build Rig already keyed the 7 class curves; keying again replaces, never duplicates
+    assert len(k["keyed_by_rig"]) == 7
+    assert k["n_after"] == k["n_before"]
     classes = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     assert k["props"] == sorted(f"emotion_{c}" for c in classes)
     probs = res["probs"]

@@ -118,3 +118,45 @@ def test_rig_of_flame_capture_without_flame_dir_names_the_option(capture_path, t
     r = run_cli("rig", capture_path, "-o", tmp_path / "x.blend",
                 env={"EMOCA_BLENDER_FLAME_DIR": ""})
     assert r.returncode != 0 and "--flame-dir" in (r.stderr + r.stdout)
+
+
+def test_build_rig_operator_builds_the_flame_rig(capture_path, flame_dir, tmp_path):
+    """In the installed extension: Build Rig on a FLAME capture asks for the FLAME folder
+    when the preferences lack it, and with it builds the FLAME rig (5023 vertices, 50
+    expression keys animated over the capture's frames)."""
+    import importlib
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    try:
+        tx = importlib.import_module("test_extension")
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("test_extension", here / "test_extension.py")
+        tx = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tx)
+    zip_path = tx.bx.build(tx.ROOT, tmp_path / "dist")
+    res = tx.run_blender_script(tmp_path, '''
+        install(enable=True)
+        CAP, FLAME = sys.argv[2], sys.argv[3]
+        scene = bpy.context.scene
+        scene.emoca.capture_path = CAP
+        prefs = bpy.context.preferences.addons[MOD].preferences
+        prefs.flame_folder = ""
+        try:
+            no_folder = sorted(bpy.ops.emoca.build_rig())
+        except RuntimeError as e:
+            no_folder = str(e)
+        prefs.flame_folder = FLAME
+        built = sorted(bpy.ops.emoca.build_rig())
+        mesh = scene.emoca.actor_mesh
+        keys = mesh.data.shape_keys
+        ad = keys.animation_data
+        n_curves = sum(len(bag.fcurves) for layer in ad.action.layers
+                       for strip in layer.strips for bag in strip.channelbags)
+        result(dict(no_folder=no_folder, built=built, n_verts=len(mesh.data.vertices),
+                    n_keys=len(keys.key_blocks), n_curves=n_curves))
+    ''', str(zip_path), str(capture_path), str(flame_dir))
+    assert "FLAME folder" in str(res["no_folder"])
+    assert res["built"] == ["FINISHED"]
+    assert res["n_verts"] == 5023
+    assert res["n_keys"] >= 51 and res["n_curves"] >= 50      # basis + 50 expression keys
