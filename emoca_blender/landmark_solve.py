@@ -158,11 +158,12 @@ class SolveResult:
     residual_mm: np.ndarray      # (N,) RMS landmark residual after the fit, millimetres
 
 
-def _align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray):
+def _align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray, with_points: bool = True):
     """Similarity head->camera from per-frame points: returns (s, R, t) such that
     camera = s R head + t, and the pose-free points R^T (camera - t) / s."""
     s, R, t = similarity_align(src, dst, weights)          # s R src + t ~ dst (camera->head)
-    pose_free = s[:, None, None] * np.einsum("nij,npj->npi", R, src) + t[:, None]
+    pose_free = (s[:, None, None] * (src @ np.swapaxes(R, 1, 2)) + t[:, None]  # R @ p
+                 if with_points else None)
     Rc = np.transpose(R, (0, 2, 1))                          # head -> camera
     sc = 1.0 / s
     tc = -sc[:, None] * np.einsum("nij,nj->ni", Rc, t)
@@ -200,7 +201,7 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
         hi = np.where(np.asarray(pinned, bool), 0.0, 1.0)
     sw = np.ones(len(STABLE_POINTS)) if stable_weights is None else stable_weights
     s, R, t, pf = _align(X[:, STABLE_POINTS], neutral[STABLE_POINTS], sw)
-    pf = (np.einsum("nji,npj->npi", R, X - t[:, None]) / s[:, None, None])
+    pf = (((X - t[:, None]) @ R) / s[:, None, None])
     allw = np.ones(P)
     w = np.zeros((N, K))
     for r in range(rounds + 1):
@@ -209,8 +210,8 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
         if r == rounds:
             break
         target = neutral + (w @ Bf).reshape(N, P, 3)
-        s, R, t, _ = _align(X, target, allw)
-        pf = (np.einsum("nji,npj->npi", R, X - t[:, None]) / s[:, None, None])
+        s, R, t, _ = _align(X, target, allw, with_points=False)
+        pf = (((X - t[:, None]) @ R) / s[:, None, None])
     fit = neutral + (w @ Bf).reshape(N, P, 3)
     res = np.sqrt(((pf - fit) ** 2).sum(-1).mean(-1)) * 1000.0
     return SolveResult(w, R, s, t, pf.astype(np.float32), res)

@@ -89,6 +89,19 @@ def cache_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{key}{capture_file.SUFFIX}"
 
 
+_MODEL_HASHES: dict[tuple, str] = {}
+
+
+def _model_hash(path: str) -> str:
+    """file_hash of a model file, remembered per process while its size and mtime hold."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    h = _MODEL_HASHES.get(key)
+    if h is None:
+        h = _MODEL_HASHES[key] = capture_file.file_hash(path)
+    return h
+
+
 def _copy_capture(src: Path, dst: Path) -> None:
     """Copy a complete capture (npz then sidecar, each atomically)."""
     if src.resolve() == dst.resolve():
@@ -109,6 +122,13 @@ def _emotion_hook(settings: CaptureSettings, fps: float, progress):
         if progress is not None:
             progress.message(f"warning: no emotion curves: {e}")
         return None
+
+
+def _then(frames, at_end):
+    """``frames``, calling ``at_end()`` once they run out (before the backend's solve)."""
+    yield from frames
+    if at_end is not None:
+        at_end()
 
 
 def _after_capture(settings: CaptureSettings, cap, out: Path, progress, cancel) -> None:
@@ -133,6 +153,13 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
     folder), Cancelled when ``cancel()`` turns true. Nothing is written unless the
     capture completes.
     """
+    from .solve import single_threaded_blas
+
+    with single_threaded_blas():   # small numpy work beside MediaPipe's threads
+        return _run_capture(video_path, output, settings, progress, cache_dir, cancel)
+
+
+def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> CaptureResult:
     settings = settings or CaptureSettings()
     t_all = time.perf_counter()
     out = output_path(output)
@@ -179,7 +206,8 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
     hook = _emotion_hook(settings, info.fps, progress)
     extra = {"frame_hook": hook} if hook is not None else {}
     try:
-        tracked = backend.track(frames, n_hint, info.fps, info.width, info.height,
+        tracked = backend.track(_then(frames, getattr(hook, "flush", None)), n_hint, info.fps,
+                                info.width, info.height,
                                 num_faces=0, progress=progress, cancel=cancel, **extra)
     except BaseException:
         if hook is not None:
@@ -232,7 +260,7 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         "source": {"path": str(info.path.resolve()), "hash": vhash,
                    "size": info.path.stat().st_size, "name": info.path.name},
         "backend": {"name": settings.backend, "licence": BACKENDS[settings.backend][2],
-                    "model_files": {k: {"path": v, "hash": capture_file.file_hash(v)}
+                    "model_files": {k: {"path": v, "hash": _model_hash(v)}
                                     for k, v in backend.model_files().items()},
                     **tracked.info},
         "head_model": tracked.head_model,

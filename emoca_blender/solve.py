@@ -7,6 +7,9 @@ blinks. Conventions are those of capture_file.py (head frame: +X subject's left,
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from .arkit import INDEX
@@ -30,6 +33,89 @@ STABLE_POINTS = np.array([
 ], dtype=np.int64)
 
 
+_BLAS_LOCK = threading.Lock()
+_BLAS_DEPTH = 0
+_BLAS_SAVED: list[tuple] = []
+_BLAS_FUNCS: list[tuple] | None = None
+
+
+def _openblas_funcs() -> list[tuple]:
+    """(get, set) thread-count functions of every OpenBLAS that numpy/scipy loaded."""
+    global _BLAS_FUNCS
+    if _BLAS_FUNCS is not None:
+        return _BLAS_FUNCS
+    import ctypes
+    import glob
+    import os
+
+    paths: set[str] = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1] if "/" in line else ""
+                if "openblas" in os.path.basename(p).lower():
+                    paths.add(p)
+    except OSError:
+        pass
+    if not paths:   # not Linux: the wheels' bundled copies
+        import numpy
+        root = os.path.dirname(os.path.dirname(numpy.__file__))
+        for pat in ("numpy.libs/*openblas*", "numpy/.libs/*openblas*", "numpy/.dylibs/*openblas*",
+                    "scipy.libs/*openblas*", "scipy/.dylibs/*openblas*"):
+            paths.update(glob.glob(os.path.join(root, pat)))
+    funcs = []
+    for p in sorted(paths):
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for pre in ("openblas", "scipy_openblas"):
+            for suf in ("64_", "", "_64"):
+                g = getattr(lib, f"{pre}_get_num_threads{suf}", None)
+                s = getattr(lib, f"{pre}_set_num_threads{suf}", None)
+                if g is not None and s is not None:
+                    g.restype = ctypes.c_int
+                    s.argtypes = [ctypes.c_int]
+                    funcs.append((g, s))
+                    break
+            else:
+                continue
+            break
+    _BLAS_FUNCS = funcs
+    return funcs
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the body with numpy's OpenBLAS on one thread (restored afterwards; nests).
+
+    The capture's numpy work is small matrices (52x52 batched solves, the emotion network's
+    im2col products) next to MediaPipe's own threads: a threaded BLAS only adds hand-offs,
+    and on a loaded machine each hand-off waits for a time slice (measured: the solve of a
+    27-frame clip took 0.96 s with 2 BLAS threads on a busy 2-core machine, 0.02 s with 1).
+    """
+    global _BLAS_DEPTH
+    try:
+        funcs = _openblas_funcs()
+    except Exception:  # noqa: BLE001 - an optimisation only
+        funcs = []
+    with _BLAS_LOCK:
+        if _BLAS_DEPTH == 0:
+            _BLAS_SAVED[:] = [(s, int(g())) for g, s in funcs]
+            for setter, _ in _BLAS_SAVED:
+                setter(1)
+        _BLAS_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_DEPTH -= 1
+            if _BLAS_DEPTH == 0:
+                for setter, n in _BLAS_SAVED:
+                    setter(max(1, n))
+                _BLAS_SAVED.clear()
+
+
 def similarity_align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched weighted similarity Procrustes: find s, R, t minimising
@@ -51,7 +137,7 @@ def similarity_align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | Non
     mu_d = np.einsum("p,npk->nk", w, dst)
     xs = src - mu_s[:, None]
     xd = dst - mu_d[:, None]
-    H = np.einsum("p,npi,npj->nij", w, xs, xd)          # (N,3,3)
+    H = np.swapaxes(xs * w[:, None], 1, 2) @ xd          # (N,3,3), sum_p w x_s x_d^T
     U, S, Vt = np.linalg.svd(H)
     d = np.sign(np.linalg.det(np.einsum("nij,njk->nik", U, Vt)))
     D = np.zeros_like(H)
@@ -88,7 +174,7 @@ def pose_free_landmarks(lmk_px: np.ndarray, canonical_cm: np.ndarray) -> np.ndar
     """
     src = np.asarray(lmk_px, np.float64) * np.array([1.0, -1.0, -1.0])
     s, R, t = similarity_align(src[:, STABLE_POINTS], canonical_cm[STABLE_POINTS])
-    out = s[:, None, None] * np.einsum("nij,npj->npi", R, src) + t[:, None]
+    out = s[:, None, None] * (src @ np.swapaxes(R, 1, 2)) + t[:, None]   # R @ p per point
     return (out / 100.0).astype(np.float32)
 
 
