@@ -1,7 +1,6 @@
 """The 52 ARKit blendshape channels: the one expression vocabulary every backend fills.
 
-Order is Apple's documentation order (close to, but not exactly, Live Link Face's CSV
-column order: livelink.py keeps that one), names are camelCase as in
+Order is Apple's (the order of Live Link Face CSV columns), names are camelCase as in
 ARKit's ``ARFaceAnchor.BlendShapeLocation`` raw values. MediaPipe's FaceLandmarker emits
 the same names (plus ``_neutral``, without ``tongueOut``) in a different order; use
 :func:`from_mediapipe` to reorder its scores.

@@ -32,24 +32,10 @@ import numpy as np
 from .arkit import ARKIT_NAMES, INDEX, pascal
 from .errors import BadInput
 
-#: the 52 blend shapes in Live Link Face's column order (camelCase ARKit names)
-LIVELINK_NAMES: tuple[str, ...] = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
-    "eyeSquintLeft", "eyeWideLeft",
-    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight",
-    "jawForward", "jawLeft", "jawRight", "jawOpen",
-    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight",
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
-    "noseSneerLeft", "noseSneerRight", "tongueOut",
-)
-assert sorted(LIVELINK_NAMES) == sorted(ARKIT_NAMES)
+#: the 52 blend shapes in Live Link Face's column order (camelCase ARKit names): Apple's
+#: order, the same as :data:`arkit.ARKIT_NAMES` (JawForward, JawRight, JawLeft, JawOpen,
+#: MouthClose, MouthFunnel, MouthPucker, MouthRight, MouthLeft, ...).
+LIVELINK_NAMES: tuple[str, ...] = ARKIT_NAMES
 ANGLE_COLUMNS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch",
                  "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
 SHAPE_COLUMNS = tuple(pascal(n) for n in LIVELINK_NAMES)

@@ -43,7 +43,7 @@ def test_export_import_round_trip(tmp_path, fps):
     lines = open(p).read().splitlines()
     header = lines[0].split(",")
     assert len(header) == 63 and header[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"]
-    assert header[16:20] == ["JawForward", "JawLeft", "JawRight", "JawOpen"]
+    assert header[16:20] == ["JawForward", "JawRight", "JawLeft", "JawOpen"]
     assert header[-9:] == list(livelink.ANGLE_COLUMNS)
     assert lines[1].split(",")[0] == "00:00:12:00.000" and lines[1].split(",")[1] == "61"
     assert len(lines) == 1 + cap.n_frames
@@ -71,8 +71,8 @@ def hand_written_csv(path, rows=3):
     shapes = ["EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft",
               "EyeLookUpLeft", "EyeSquintLeft", "EyeWideLeft", "EyeBlinkRight",
               "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
-              "EyeSquintRight", "EyeWideRight", "JawForward", "JawLeft", "JawRight", "JawOpen",
-              "MouthClose", "MouthFunnel", "MouthPucker", "MouthLeft", "MouthRight",
+              "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen",
+              "MouthClose", "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft",
               "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft", "MouthFrownRight",
               "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft", "MouthStretchRight",
               "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
@@ -129,3 +129,23 @@ def test_bad_csvs_name_the_line(tmp_path):
         livelink.read_csv(p)
     with pytest.raises(livelink.LiveLinkError, match="not found"):
         livelink.read_csv(tmp_path / "nope.csv")
+
+
+def test_exported_header_is_live_link_faces_own(tmp_path):
+    """Column for column the header the Live Link Face app writes (some readers go by
+    position): note JawRight before JawLeft and MouthRight before MouthLeft."""
+    from emoca_blender import livelink
+
+    official = (
+        "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,"
+        "EyeLookUpLeft,EyeSquintLeft,EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,"
+        "EyeLookOutRight,EyeLookUpRight,EyeSquintRight,EyeWideRight,JawForward,JawRight,JawLeft,"
+        "JawOpen,MouthClose,MouthFunnel,MouthPucker,MouthRight,MouthLeft,MouthSmileLeft,"
+        "MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,MouthDimpleRight,"
+        "MouthStretchLeft,MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,"
+        "MouthShrugUpper,MouthPressLeft,MouthPressRight,MouthLowerDownLeft,MouthLowerDownRight,"
+        "MouthUpperUpLeft,MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,"
+        "BrowOuterUpLeft,BrowOuterUpRight,CheekPuff,CheekSquintLeft,CheekSquintRight,"
+        "NoseSneerLeft,NoseSneerRight,TongueOut,HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,"
+        "LeftEyePitch,LeftEyeRoll,RightEyeYaw,RightEyePitch,RightEyeRoll").split(",")
+    assert list(livelink.COLUMNS) == official
