@@ -261,6 +261,15 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file the usual mode (mkstemp makes 0600) and rename it
+    over ``path`` (atomic on one file system)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data_writer) -> None:
     """Write a file atomically: ``data_writer(fileobj)`` writes into a temporary file in the
     same folder, which is fsynced and renamed over ``path``. On any error the temporary file
@@ -272,10 +281,7 @@ def atomic_write_bytes(path: str | os.PathLike, data_writer) -> None:
             data_writer(f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

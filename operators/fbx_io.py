@@ -27,6 +27,7 @@ import bpy
 import numpy as np
 
 from . import blender_anim
+from ._core import capture_file
 
 
 class FbxExportError(RuntimeError):
@@ -114,7 +115,7 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                 bake_anim_simplify_factor=0.0, path_mode="AUTO", embed_textures=False)
         if "FINISHED" not in res:
             raise FbxExportError(f"the FBX exporter returned {res}")
-        _publish(tmp, path)
+        capture_file.publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -250,14 +251,6 @@ def read_fbx_animation(path) -> dict:
     return result
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Give the finished temporary file the usual mode (mkstemp makes 0600) and rename it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def save_blend(path) -> Path:
     """Save the current file as ``path`` atomically (temporary file + rename).
 
@@ -275,7 +268,7 @@ def save_blend(path) -> Path:
                                           compress=False)
         if "FINISHED" not in res:
             raise OSError(f"saving {path.name} failed ({res})")
-        _publish(tmp, path)
+        capture_file.publish(tmp, path)
     except BaseException:
         for leftover in (tmp, tmp + "1"):
             try:
