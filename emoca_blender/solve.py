@@ -161,23 +161,6 @@ def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(U @ Vt).as_rotvec()
 
 
-def pose_free_landmarks(lmk_px: np.ndarray, canonical_cm: np.ndarray) -> np.ndarray:
-    """Remove rigid head motion from image landmarks.
-
-    Args:
-        lmk_px: (N,478,3) MediaPipe landmarks in pixels (x right, y down, z in x's scale,
-            smaller z = nearer the camera).
-        canonical_cm: (468,3) MediaPipe's canonical face mesh, centimetres, head frame.
-    Returns:
-        (N,478,3) landmarks in the head frame, metres, aligned to the canonical mesh on
-        the stable points (scale included, so a face's size in pixels does not matter).
-    """
-    src = np.asarray(lmk_px, np.float64) * np.array([1.0, -1.0, -1.0])
-    s, R, t = similarity_align(src[:, STABLE_POINTS], canonical_cm[STABLE_POINTS])
-    out = s[:, None, None] * (src @ np.swapaxes(R, 1, 2)) + t[:, None]   # R @ p per point
-    return (out / 100.0).astype(np.float32)
-
-
 def jaw_from_arkit(arkit: np.ndarray) -> np.ndarray:
     """(N,52) ARKit weights -> (N,3) jaw axis-angle (head frame)."""
     a = np.asarray(arkit, np.float64)

@@ -256,33 +256,6 @@ class MediaPipeBackend:
         with quiet_native_stderr():
             return vision.FaceDetector.create_from_options(opts)
 
-    def count_faces(self, video_path, start: int, end: int) -> int:
-        """Most faces seen in a few frames spread over [start, end)."""
-        import cv2
-
-        mp, _, _ = _mp()
-        cap = cv2.VideoCapture(str(video_path))
-        best = 0
-        try:
-            lm = self._landmarker("image", self.max_faces)
-            try:
-                picks = np.unique(np.linspace(start, max(start, end - 1),
-                                              self.probe_frames).astype(int))
-                for f in picks:
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, int(f))
-                    ok, frame = cap.read()
-                    if not ok:
-                        continue
-                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    with quiet_native_stderr():
-                        r = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
-                    best = max(best, len(r.face_landmarks))
-            finally:
-                lm.close()
-        finally:
-            cap.release()
-        return best
-
     # -- tracking ----------------------------------------------------------------------
     def track(self, frames, n_hint: int, fps: float, width: int, height: int,
               num_faces: int = 0, progress=None, cancel=None, frame_hook=None) -> Tracked:
