@@ -1,4 +1,4 @@
-"""Command line: ``python -m emoca_blender {capture,rig,retarget,export,run,info}``.
+"""Command line: ``python -m emoca_blender {capture,rig,retarget,export,run,detail,info}``.
 
 ``capture`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and ``run`` use
 the ``bpy`` module (installed in the project's .venv by ``make``).
@@ -134,6 +134,31 @@ def cmd_export(args, progress) -> int:
     path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects)
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def cmd_detail(args, progress) -> int:
+    from . import detail_mesh
+
+    cap = _load_capture(args.capture)
+    frame = None if args.frame is None else int(args.frame)
+    mesh, vf = detail_mesh.capture_detail_mesh(cap, Path(args.capture), args.flame_dir,
+                                               video_frame=frame, head_pose=args.head_pose,
+                                               scale=args.scale)
+    out = Path(args.output) if args.output else \
+        Path(args.capture).with_name(f"{_stem(args.capture)}.detail_{vf:06d}.obj")
+    _check_writable(out)
+    detail_mesh.write_obj(out, mesh, comment=f"{Path(args.capture).name}, video frame {vf}")
+    d = mesh.displacement
+    print(f"wrote {out} (frame {vf}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+          f"displacement {d.min() * 1000:+.2f}..{d.max() * 1000:+.2f} mm)")
+    return EXIT_OK
+
+
+def _stem(path) -> str:
+    from .capture_file import SUFFIX
+
+    name = Path(path).name
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else Path(path).stem
 
 
 def cmd_run(args, progress) -> int:
@@ -273,6 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-start", type=int, default=1)
     _add_capture_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("detail", help="dense detail mesh of one frame (.obj, emoca backend)",
+                       description="Build the dense detail mesh of one frame of a capture made "
+                                   "with --backend emoca: the FLAME surface upsampled to one "
+                                   "vertex per texel of the 256x256 UV map, displaced by that "
+                                   "frame's displacement map, written as an OBJ with UVs.")
+    p.add_argument("capture")
+    p.add_argument("--flame-dir", required=True, metavar="DIR",
+                   help="your FLAME folder (the model and head_template.obj)")
+    p.add_argument("--frame", type=int, default=None,
+                   help="video frame number (default: the middle frame with a face)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .obj (default NAME.detail_FRAME.obj beside the capture)")
+    p.add_argument("--head-pose", action="store_true",
+                   help="apply the frame's head rotation (default: FLAME's canonical pose, "
+                        "with the frame's expression, jaw and eyes)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="displacement scale (default 1 = as captured)")
+    p.set_defaults(func=cmd_detail)
 
     p = sub.add_parser("info", help="describe a capture file")
     p.add_argument("capture")

@@ -6,7 +6,8 @@ For ``NAME.capture.npz`` the maps go in ``NAME.displacement/``:
     displacement.json                        how to read them (written last)
 
 Each map is EMOCA/DECA's ``uv_z`` (D_detail on the frame's [jaw, expression, detail], the
-Capture's filtered values) plus, when the user's DECA/EMOCA assets have it, the fixed
+Capture's filtered values), times DECA's face/eye UV mask when the checkpoint or the user's
+DECA data has it (``uv_z * uv_face_eye_mask``: the network is only trained inside it), plus, when the user's DECA/EMOCA assets have it, the fixed
 displacement ``fixed_displacement_256.npy`` (DECA's ``displacement_map = uv_z + fixed``), in
 metres along the coarse surface normal, in FLAME's UV space (``head_template.obj``'s UVs;
 image row 0 is v = 1, as Blender and OBJ read images). Encoding: a 16-bit grey value ``q``
@@ -99,7 +100,8 @@ def is_complete(capture_path: str | os.PathLike) -> bool:
 
 def write_sequence(capture: capture_file.Capture, capture_path: str | os.PathLike,
                    decoder: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-                   fixed: np.ndarray | None = None, batch: int = 32, progress=None,
+                   fixed: np.ndarray | None = None, mask: np.ndarray | None = None,
+                   batch: int = 32, progress=None,
                    cancel: Callable[[], bool] | None = None, info: dict | None = None) -> Path:
     """Write the displacement sequence of ``capture`` (saved at ``capture_path``).
 
@@ -107,6 +109,8 @@ def write_sequence(capture: capture_file.Capture, capture_path: str | os.PathLik
         decoder: ``(jaw (B,3), expression (B,50), detail (B,128)) -> (B,256,256)`` metres
             (the D_detail network).
         fixed: optional (256,256) fixed displacement added to every map.
+        mask: optional (256,256) face/eye region weights multiplying the network's output
+            before the fixed displacement is added (DECA's ``uv_z * uv_face_eye_mask``).
     Returns the folder.
     """
     import cv2
@@ -134,6 +138,8 @@ def write_sequence(capture: capture_file.Capture, capture_path: str | os.PathLik
                 raise Cancelled("capture cancelled")
             b = min(N, a + batch)
             maps = np.asarray(decoder(jaw[a:b], exp[a:b], det[a:b]), np.float64)
+            if mask is not None:
+                maps = maps * np.asarray(mask, np.float64)[None]
             if fixed is not None:
                 maps = maps + np.asarray(fixed, np.float64)[None]
             lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
@@ -154,6 +160,7 @@ def write_sequence(capture: capture_file.Capture, capture_path: str | os.PathLik
             "range_m": RANGE_M, "clipped_values": clipped,
             "min_m": lo if N else 0.0, "max_m": hi if N else 0.0,
             "fixed_displacement": fixed is not None,
+            "face_eye_mask": mask is not None,
             "uv_space": "FLAME head_template.obj UVs, image row 0 = v 1",
             "size": [256, 256],
             "capture": capture_path.name, "capture_hash": capture_file.file_hash(capture_path),

@@ -5,12 +5,15 @@ Files read:
 - **EMOCA v2 / v1** (``EMOCA_v2_lr_mse_20/detail/checkpoints/deca-epoch=...ckpt``,
   ``EMOCA/detail/checkpoints/...``): a PyTorch Lightning checkpoint, a ``torch.save``\\ d dict
   with ``state_dict`` (keys prefixed ``deca.``: ``deca.E_flame.*``, ``deca.E_expression.*``,
-  ``deca.E_detail.*``, ``deca.D_detail.*``, plus buffers we do not need: ``deca.flame.*``,
-  ``deca.flametex.*``, ``deca.render.*``, ``deca.uv_face_eye_mask``, ``deca.fixed_uv_dis``,
-  loss networks...), ``hyper_parameters`` (omegaconf ``DictConfig`` objects), optimizer
+  ``deca.E_detail.*``, ``deca.D_detail.*``; the buffers ``deca.uv_face_eye_mask`` (where the
+  detail displacement applies) and ``deca.fixed_uv_dis`` (DECA's fixed displacement), which
+  are read too; and buffers we do not need: ``deca.flame.*``, ``deca.flametex.*``,
+  ``deca.render.*``, loss networks...), ``hyper_parameters`` (omegaconf ``DictConfig`` objects), optimizer
   states, callbacks.
 - **DECA** ``deca_model.tar``: a ``torch.save``\\ d dict ``{'E_flame': state_dict,
-  'E_detail': state_dict, 'D_detail': state_dict, ...}`` (keys without prefix).
+  'E_detail': state_dict, 'D_detail': state_dict, ...}`` (keys without prefix); DECA keeps
+  ``fixed_displacement_256.npy`` and ``uv_face_eye_mask.png`` in its data folder, looked for
+  beside the file.
 
 Reading is safe: first ``torch.load(weights_only=True)``; when the file references classes
 that loader refuses (Lightning's hyper-parameters: ``omegaconf.*``, ``pytorch_lightning.*``),
@@ -37,6 +40,7 @@ from .errors import BadInput
 
 MODULES = ("E_flame", "E_expression", "E_detail", "D_detail")
 FIXED_DISPLACEMENT = "fixed_displacement_256.npy"
+FACE_EYE_MASK = "uv_face_eye_mask.png"
 
 
 class CheckpointError(BadInput):
@@ -186,6 +190,7 @@ class Checkpoint:
     path: Path
     format: str                                 # "lightning" (EMOCA) or "deca-tar"
     fixed_displacement: np.ndarray | None = None   # (256,256) metres, when known
+    face_eye_mask: np.ndarray | None = None        # (256,256) in [0,1], when known
     info: dict = field(default_factory=dict)
 
 
@@ -332,6 +337,37 @@ def _fixed_from(sd: dict[str, Any], path: Path, extra_dirs) -> np.ndarray | None
     return None
 
 
+def _resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """torch.nn.functional.interpolate's default ('nearest') on a 2-D array."""
+    h, w = a.shape
+    rows = np.minimum((np.arange(size) * h / size).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(size) * w / size).astype(np.int64), w - 1)
+    return a[rows][:, cols]
+
+
+def _mask_from(sd: dict[str, Any], path: Path, extra_dirs) -> tuple[np.ndarray | None, str]:
+    """DECA's ``uv_face_eye_mask`` (the face and eye region of the UV map, where the detail
+    displacement applies: DECA multiplies ``uv_z`` by it): the checkpoint's own buffer (EMOCA
+    registers it), else ``uv_face_eye_mask.png`` beside the file, one folder up or in
+    ``extra_dirs`` (DECA's data folder). Channel 0 / 255, resized to 256 as DECA does."""
+    t = sd.get("uv_face_eye_mask")
+    if t is not None and getattr(t, "ndim", 0) >= 2:
+        a = t.detach().cpu().float().numpy().reshape(t.shape[-2:])
+        return _resize_nearest(a, N.UV_SIZE).astype(np.float32), "checkpoint"
+    for d in [path.parent, path.parent.parent, *[Path(x) for x in extra_dirs if x]]:
+        p = Path(d) / FACE_EYE_MASK
+        if p.is_file():
+            import cv2
+
+            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                continue
+            a = (img if img.ndim == 2 else img[..., 2 if img.shape[2] >= 3 else 0]).astype(np.float32)  # RGB's R
+            a /= 65535.0 if img.dtype == np.uint16 else 255.0
+            return _resize_nearest(a, N.UV_SIZE), str(p.name)
+    return None, ""
+
+
 def load(path: str | os.PathLike, extra_dirs: tuple = ()) -> Checkpoint:
     """Load an EMOCA (v1/v2 Lightning .ckpt) or DECA (deca_model.tar) checkpoint into an
     :class:`emoca_net.EmocaNet` (CPU, float32, eval). ``fixed_displacement_256.npy`` is looked
@@ -353,12 +389,14 @@ def load(path: str | os.PathLike, extra_dirs: tuple = ()) -> Checkpoint:
                               f"unexpected {_short(list(res.unexpected_keys))}")
     net.eval()
     fixed = _fixed_from(sd, path, extra_dirs)
+    mask, mask_source = _mask_from(sd, path, extra_dirs)
     info = {"format": fmt, "read": how, "kind": config.kind, "expression": config.expression,
             "exp_out": config.exp_out, "exp_pose": config.exp_pose, "detail": config.detail,
-            "weights": len(weights), "fixed_displacement": fixed is not None}
+            "weights": len(weights), "fixed_displacement": fixed is not None,
+            "face_eye_mask": mask_source or None}
     info.update({k: v for k, v in flags.items() if isinstance(v, (bool, int, str))})
     return Checkpoint(net=net, config=config, path=path, format=fmt, fixed_displacement=fixed,
-                      info=info)
+                      face_eye_mask=mask, info=info)
 
 
 __all__ = ["Checkpoint", "CheckpointError", "load", "read_file", "extract_state_dict",

@@ -741,6 +741,29 @@ def load_masks(path: str | os.PathLike, n_vertices: int | None = None) -> dict[s
     return out
 
 
+def parse_obj(path: str | os.PathLike, what: str = "OBJ"):
+    """The triangles of an OBJ file: vertices (V,3), uvs (T,2), face vertex indices (F,3)
+    and face UV indices (F,3) (-1 where a corner has none), 0-based."""
+    vs, vts, fv, ft = [], [], [], []
+    path = Path(path)
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("v "):
+                vs.append(line.split()[1:4])
+            elif line.startswith("vt "):
+                vts.append(line.split()[1:3])
+            elif line.startswith("f "):
+                corners = line.split()[1:]
+                if len(corners) != 3:
+                    raise FlameError(f"{path.name}: a face with {len(corners)} corners; {what} "
+                                     "must be all triangles")
+                ids = [re.split("/", c) for c in corners]
+                fv.append([int(c[0]) for c in ids])
+                ft.append([int(c[1]) if len(c) > 1 and c[1] else 0 for c in ids])
+    return (np.asarray(vs, np.float64).reshape(-1, 3), np.asarray(vts, np.float64).reshape(-1, 2),
+            np.asarray(fv, np.int64).reshape(-1, 3) - 1, np.asarray(ft, np.int64).reshape(-1, 3) - 1)
+
+
 def load_obj_uvs(path: str | os.PathLike, faces: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """UVs of ``head_template.obj``.
@@ -753,32 +776,15 @@ def load_obj_uvs(path: str | os.PathLike, faces: np.ndarray | None = None
     if not path.is_file():
         raise FlameError(f"FLAME UV template {path} does not exist ({HEAD_TEMPLATE} from "
                          "FLAME's auxiliary files)")
-    vs, vts, fv, ft = [], [], [], []
-    with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if line.startswith("v "):
-                vs.append(line.split()[1:4])
-            elif line.startswith("vt "):
-                vts.append(line.split()[1:3])
-            elif line.startswith("f "):
-                corners = line.split()[1:]
-                if len(corners) != 3:
-                    raise FlameError(f"{path.name}: a face with {len(corners)} corners; FLAME's "
-                                     "template is all triangles")
-                ids = [re.split("/", c) for c in corners]
-                fv.append([int(c[0]) for c in ids])
-                ft.append([int(c[1]) if len(c) > 1 and c[1] else 0 for c in ids])
-    if not vts or not fv:
+    v, vt, fv_a, ft_a = parse_obj(path, "FLAME's template")
+    if not len(vt) or not len(fv_a):
         raise FlameError(f"{path.name} has no UVs or no faces: not FLAME's head_template.obj")
-    v = np.asarray(vs, np.float64)
-    fv_a = np.asarray(fv, np.int64) - 1
-    ft_a = np.asarray(ft, np.int64) - 1
     if ft_a.min() < 0:
         raise FlameError(f"{path.name}: some faces have no UV indices")
     if faces is not None and (fv_a.shape != np.shape(faces) or not np.array_equal(fv_a, faces)):
         raise FlameError(f"{path.name}: its {len(fv_a)} triangles are not the model's "
                          f"{len(faces)} (the UVs belong to another topology)")
-    return v, np.asarray(vts, np.float64), ft_a
+    return v, vt, ft_a
 
 
 @dataclass

@@ -167,5 +167,150 @@ class EMOCA_OT_displacement_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (EMOCA_OT_displacement_material,)
+def displacement_node(obj):
+    """(material, image node) of ``obj``'s displacement material, or (None, None)."""
+    for mat in getattr(obj.data, "materials", ()) or ():
+        if mat is not None and "emoca_displacement" in mat and mat.node_tree is not None:
+            tex = next((n for n in mat.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage"
+                        and n.image is not None), None)
+            if tex is not None:
+                return mat, tex
+    return None, None
+
+
+def mesh_arrays(mesh, uv_map: str = "UVMap"):
+    """(vertices (V,3), triangles (F,3), triangle corner UVs (F,3,2)) of a Blender mesh
+    (its loop triangles: the FLAME rig's faces are triangles already)."""
+    import numpy as np
+
+    mesh.calc_loop_triangles()
+    V = len(mesh.vertices)
+    co = np.empty(V * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    T = len(mesh.loop_triangles)
+    tv = np.empty(T * 3, np.int32)
+    tl = np.empty(T * 3, np.int32)
+    mesh.loop_triangles.foreach_get("vertices", tv)
+    mesh.loop_triangles.foreach_get("loops", tl)
+    layer = mesh.uv_layers.get(uv_map) or mesh.uv_layers.active
+    if layer is None:
+        errors = _core_module("errors")
+        raise errors.BadInput(f"{mesh.name} has no UV map: the detail mesh is built in "
+                              "FLAME's UV space (build the rig with head_template.obj)")
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    layer.data.foreach_get("uv", uv)
+    uv = uv.reshape(-1, 2)
+    return (co.reshape(-1, 3).astype(np.float64), tv.reshape(-1, 3).astype(np.int64),
+            uv[tl.reshape(-1, 3)].astype(np.float64))
+
+
+def new_mesh_object(name: str, dense, collection, matrix_world=None, material=None):
+    """A Blender object from a core ``detail_mesh.DenseMesh`` (positions, faces, texel UVs,
+    smooth shading), linked to ``collection``."""
+    import numpy as np
+
+    me = bpy.data.meshes.new(name)
+    V, F = len(dense.vertices), len(dense.faces)
+    me.vertices.add(V)
+    me.vertices.foreach_set("co", dense.vertices.astype(np.float32).ravel())
+    me.loops.add(F * 3)
+    me.loops.foreach_set("vertex_index", dense.faces.astype(np.int32).ravel())
+    me.polygons.add(F)
+    me.polygons.foreach_set("loop_start", np.arange(0, F * 3, 3, dtype=np.int32))
+    me.polygons.foreach_set("use_smooth", np.ones(F, bool))
+    uv = me.uv_layers.new(name="UVMap")
+    uv.data.foreach_set("uv", dense.uvs[dense.faces.ravel()].astype(np.float32).ravel())
+    me.update(calc_edges=True)
+    me.validate(verbose=False)
+    obj = bpy.data.objects.new(name, me)
+    collection.objects.link(obj)
+    if matrix_world is not None:
+        obj.matrix_world = matrix_world
+    if material is not None:
+        me.materials.append(material)
+    return obj
+
+
+def _detail_material():
+    mat = bpy.data.materials.get("EMOCA_detail")
+    if mat is None:
+        mat = bpy.data.materials.new("EMOCA_detail")
+        mat.use_nodes = True
+        b = next((n for n in mat.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled"),
+                 None)
+        if b is not None:
+            b.inputs["Base Color"].default_value = SKIN
+            b.inputs["Roughness"].default_value = 0.55
+    return mat
+
+
+def build_detail_mesh(context, obj, scene_frame: int | None = None, scale: float = 1.0):
+    """The dense detail mesh of ``obj`` (a FLAME rig with a displacement material) at
+    ``scene_frame`` (default: the current frame): the evaluated rig surface upsampled in UV
+    space and displaced by the map shown at that frame. Returns the new object."""
+    from pathlib import Path as _P
+
+    displacement = _core_module("displacement")
+    detail_mesh = _core_module("detail_mesh")
+    errors = _core_module("errors")
+    mat, tex = displacement_node(obj)
+    if tex is None:
+        raise errors.BadInput(f"{obj.name} has no displacement maps: build the FLAME rig of an "
+                              "emoca-backend capture (or use Displacement Maps) first")
+    scene = context.scene
+    F = scene.frame_current if scene_frame is None else int(scene_frame)
+    if F != scene.frame_current:
+        scene.frame_set(F)
+    folder = _P(mat["emoca_displacement"])
+    m = displacement.read_manifest(folder)
+    n = frame_for_scene(tex.image_user, F)
+    n = min(max(n, int(m["first"])), int(m["first"]) + int(m["frames"]) - 1)
+    path = folder / m["pattern"].format(n)
+    if not path.is_file():
+        raise errors.BadInput(f"displacement map {path} is missing: capture again")
+    disp = displacement.read_map(path)
+    dg = context.evaluated_depsgraph_get()
+    ev = obj.evaluated_get(dg)
+    me = ev.to_mesh()
+    try:
+        v, tris, fuv = mesh_arrays(me)
+    finally:
+        ev.to_mesh_clear()
+    dense = detail_mesh.build(v, tris, fuv, disp, scale=scale)
+    out = new_mesh_object(f"{obj.name}_detail_{n:06d}", dense, scene.collection,
+                          matrix_world=obj.matrix_world.copy(), material=_detail_material())
+    out["emoca_detail_frame"] = int(n)
+    out["emoca_detail_source"] = obj.name
+    return out
+
+
+class EMOCA_OT_detail_mesh(bpy.types.Operator):
+    """Build the dense detail mesh of the active FLAME rig at the current frame: its surface
+    upsampled to one vertex per displacement-map texel and displaced by that frame's map (a
+    static high-resolution mesh for sculpting, baking or stills)"""
+
+    bl_idname = "emoca.detail_mesh"
+    bl_label = "Detail Mesh at Frame"
+    bl_options = {"REGISTER", "UNDO"}
+
+    scale: bpy.props.FloatProperty(name="Displacement Scale", default=1.0, min=0.0, soft_max=5.0)
+
+    @classmethod
+    def poll(cls, context):
+        o = context.active_object
+        if o is None or o.type != "MESH":
+            return False
+        return displacement_node(o)[1] is not None
+
+    def execute(self, context):
+        try:
+            out = build_detail_mesh(context, context.active_object, scale=self.scale)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{out.name}: {len(out.data.vertices)} vertices")
+        return {"FINISHED"}
+
+
+CLASSES = (EMOCA_OT_displacement_material, EMOCA_OT_detail_mesh)
 classes = CLASSES

@@ -9,9 +9,11 @@ import os
 import bpy
 
 try:
-    from ..operators import ops_capture, ops_export, ops_retarget, properties, worker
+    from ..operators import (displacement_material, ops_capture, ops_export, ops_retarget,
+                             properties, worker)
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
-    from operators import ops_capture, ops_export, ops_retarget, properties, worker
+    from operators import (displacement_material, ops_capture, ops_export, ops_retarget,
+                           properties, worker)
 
 
 def _reason(layout, problem) -> None:
@@ -172,6 +174,12 @@ class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
             if arm is not None:
                 text += f", {len(arm.data.bones)} bones"
             layout.label(text=text, icon='MESH_DATA')
+            if displacement_material.displacement_node(mesh)[1] is not None:
+                row = layout.row()
+                row.operator("emoca.detail_mesh", icon='MOD_DISPLACE')
+                if context.active_object != mesh:
+                    layout.label(text=f"Select {mesh.name} to build its detail mesh",
+                                 icon='INFO')
         layout.separator()
         layout.operator("emoca.add_sample_character", icon='USER')
 
@@ -192,6 +200,7 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.operator("emoca.cancel_capture", icon='CANCEL')
         layout.separator()
         layout.operator("emoca.build_rig", icon='OUTLINER_OB_ARMATURE')
+        layout.operator("emoca.detail_mesh", icon='MOD_DISPLACE')
         layout.operator("emoca.add_sample_character", icon='USER')
         layout.operator("emoca.retarget", icon='ACTION')
         layout.separator()

@@ -4,8 +4,9 @@ random weights (the licensed files are never needed to test the loader and the b
 - :func:`write_emoca_ckpt`: a PyTorch Lightning checkpoint as EMOCA's training writes it:
   ``epoch``, ``global_step``, ``pytorch-lightning_version``, ``state_dict`` (an OrderedDict
   with every ``deca.E_flame.*``, ``deca.E_expression.*``, ``deca.E_detail.*``,
-  ``deca.D_detail.*`` key at its official shape, plus buffers the add-on ignores:
-  ``deca.uv_face_eye_mask``, ``deca.fixed_uv_dis``, ``deca.flame.*``...), ``callbacks``,
+  ``deca.D_detail.*`` key at its official shape, plus buffers: ``deca.uv_face_eye_mask``
+  (1,1,256,256; here an ellipse) and ``deca.fixed_uv_dis``, which the add-on reads, and
+  ``deca.flame.*``... which it ignores), ``callbacks``,
   ``optimizer_states``, ``lr_schedulers`` and ``hyper_parameters`` holding objects of
   ``omegaconf.dictconfig.DictConfig`` and a ``pytorch_lightning`` callback class, as the real
   one does (neither package is installed: throwaway modules stand in while pickling, so the
@@ -120,9 +121,11 @@ def write_emoca_ckpt(path, seed: int = 0, config: N.NetConfig | None = None,
     for m, d in w.items():
         for k, v in d.items():
             sd[f"deca.{m}.{k}"] = v
-    if extras:   # buffers of the official file that the add-on ignores
+    if extras:   # buffers of the official file (mask and fixed displacement are read)
         g = torch.Generator().manual_seed(seed + 1)
-        sd["deca.uv_face_eye_mask"] = torch.ones(1, 1, 256, 256)
+        yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        ellipse = ((xx - 128) / 90) ** 2 + ((yy - 120) / 70) ** 2 <= 1   # a face-like region
+        sd["deca.uv_face_eye_mask"] = ellipse.float()[None, None]
         sd["deca.fixed_uv_dis"] = torch.randn(256, 256, generator=g) * 1e-4
         sd["deca.flame.faces_tensor"] = torch.zeros(8, 3, dtype=torch.long)
         sd["deca.flame.v_template"] = torch.zeros(16, 3)

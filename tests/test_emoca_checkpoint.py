@@ -36,6 +36,11 @@ def test_emoca_lightning_checkpoint_loads_every_weight():
         for k, v in d.items():
             assert torch.equal(sd[f"{m}.{k}"], v), f"{m}.{k}"
     assert ck.fixed_displacement is not None and ck.fixed_displacement.shape == (256, 256)
+    # DECA's face/eye UV mask, from the checkpoint's own buffer
+    assert ck.info["face_eye_mask"] == "checkpoint"
+    assert ck.face_eye_mask.shape == (256, 256)
+    assert set(np.unique(ck.face_eye_mask)) == {0.0, 1.0}
+    assert ck.face_eye_mask[120, 128] == 1 and ck.face_eye_mask[5, 5] == 0
 
 
 def test_deca_tar_loads(tmp_path):
@@ -46,6 +51,19 @@ def test_deca_tar_loads(tmp_path):
     np.save(tmp_path / "fixed_displacement_256.npy", np.full((256, 256), 1e-3, np.float32))
     ck2 = C.load(es.cached("deca"), extra_dirs=(tmp_path,))
     assert np.allclose(ck2.fixed_displacement, 1e-3)
+    # DECA keeps its face/eye mask as a PNG in its data folder (R channel / 255, 512 px there):
+    # read beside the file or in extra_dirs, resized to the 256 px map as DECA does (nearest)
+    assert ck.face_eye_mask is None
+    import cv2
+
+    png = np.zeros((512, 512, 3), np.uint8)
+    png[100:300, 50:450, 2] = 255                        # R (OpenCV writes BGR)
+    png[:, :, 0] = 255                                   # B: must be ignored
+    cv2.imwrite(str(tmp_path / "uv_face_eye_mask.png"), png)
+    ck3 = C.load(es.cached("deca"), extra_dirs=(tmp_path,))
+    m = ck3.face_eye_mask
+    assert m.shape == (256, 256) and ck3.info["face_eye_mask"] == "uv_face_eye_mask.png"
+    assert m[50:150, 25:225].min() == 1 and m[:50].max() == 0 and m[150:].max() == 0
     with torch.inference_mode():
         out = ck.net(torch.rand(1, 3, 224, 224))
     assert out["exp"].shape == (1, 50) and out["uv_z"].shape == (1, 1, 256, 256)

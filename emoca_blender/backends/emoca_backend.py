@@ -392,9 +392,18 @@ class EmocaBackend:
         ck = load_checkpoint_cached(_checkpoint_path(getattr(settings, "emoca_checkpoint", None)))
         device, _ = resolve_device(getattr(settings, "device", "auto"))
         runner = Runner(ck.net, device, "fp32", channels_last=False)
+        if ck.face_eye_mask is None:
+            import warnings
+
+            warnings.warn(f"{ck.path.name} carries no uv_face_eye_mask and none was found "
+                          "beside it: the displacement maps cover the whole head (DECA only "
+                          "trains them on the face); put DECA's uv_face_eye_mask.png beside "
+                          "the checkpoint", RuntimeWarning, stacklevel=2)
         return displacement.write_sequence(
             capture, path, runner.decode_detail, fixed=ck.fixed_displacement,
+            mask=ck.face_eye_mask,
             batch=64 if device.startswith("cuda") else 16, progress=progress, cancel=cancel,
             info={"checkpoint": ck.path.name, "fixed_displacement_source":
                   "fixed_displacement_256.npy or the checkpoint's fixed_uv_dis"
-                  if ck.fixed_displacement is not None else None})
+                  if ck.fixed_displacement is not None else None,
+                  "face_eye_mask_source": ck.info.get("face_eye_mask")})
