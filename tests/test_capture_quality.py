@@ -208,3 +208,27 @@ def test_two_faces_keeps_the_chosen_one(tmp_path, demo_clip, long_demo_clip):
     cx2 = cap2["bbox"][:, [0, 2]].mean(1)
     assert cap2["valid"].mean() > 0.8 and (cx2[cap2["valid"]] > 640).all()
     assert cap.meta["backend"]["faces_seen"] >= 2
+
+
+def test_face_entering_later_is_not_taken_after_a_loss(tmp_path, demo_clip, long_demo_clip):
+    """Only our actor at first (the probe counts one face), a second person enters at frame
+    8, our actor drops out of view for 10 frames: the capture must not jump to the other
+    person then, and picks our actor up again when they are back."""
+    big = _frames(demo_clip, 60)
+    small = _frames(long_demo_clip, 60, (426, 240))
+    frames = []
+    for t, (a, b) in enumerate(zip(big, small)):
+        canvas = np.zeros((360, 1066, 3), np.uint8)
+        canvas[:, :640] = 90 if 35 <= t < 45 else a
+        if t >= 8:
+            canvas[60:300, 640:] = b
+        frames.append(canvas)
+    p = _write(tmp_path / "enters.mp4", frames)
+    cap = _capture(p, tmp_path, max_gap=0)
+    v = cap["valid"]
+    cx = cap["bbox"][:, [0, 2]].mean(1)
+    assert (cx[v] < 640).all(), np.flatnonzero(v & (cx >= 640))       # never the other person
+    assert not v[36:44].any()                                          # ours is away
+    assert v[:35].mean() > 0.9 and v[46:].mean() > 0.9                # and back again
+    info = cap.meta["backend"]
+    assert info["faces_seen"] >= 2 and info["frames_other_face_rejected"] >= 5

@@ -198,13 +198,73 @@ def _count_ahead(frames, make_detector, k: int):
     return items(), t
 
 
+class _Recount:
+    """Counts faces on frames offered after the first ones, in a helper thread, so that a
+    face entering later in the clip is noticed (the tracker then keeps the chosen face among
+    several instead of re-acquiring whoever is there after a loss). A frame offered while
+    the previous one is still being looked at is skipped: the tracker never waits."""
+
+    def __init__(self, make_detector):
+        import queue
+
+        self._make = make_detector
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._t: threading.Thread | None = None
+        self.max_seen = 0
+        self.checked = 0
+        self.error: str | None = None
+
+    def offer(self, rgb) -> None:
+        import queue
+
+        if self._t is None:
+            self._t = threading.Thread(target=self._work, name="emoca-recount", daemon=True)
+            self._t.start()
+        try:
+            self._q.put_nowait(rgb)
+        except queue.Full:
+            pass
+
+    def _work(self):
+        mp, _, _ = _mp()
+        det = None
+        try:
+            det = self._make()
+            while True:
+                rgb = self._q.get()
+                if rgb is None:
+                    break
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+                self.max_seen = max(self.max_seen, len(det.detect(image).detections))
+                self.checked += 1
+        except BaseException as e:  # noqa: BLE001 - a safeguard: the capture goes on
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            if det is not None:
+                det.close()
+
+    def close(self) -> None:
+        if self._t is None:
+            return
+        import queue
+
+        while True:
+            try:
+                self._q.put(None, timeout=0.05)
+                break
+            except queue.Full:
+                if not self._t.is_alive():
+                    break
+        self._t.join()
+
+
 class MediaPipeBackend:
     name = "mediapipe"
     head_model = "open_head"
 
     def __init__(self, face_index: int = 0, max_faces: int = 4, min_detection: float = 0.5,
                  probe_frames: int = 6, neutral_frame: int = -1, recover_gaps: bool = True,
-                 recover_bytes: int = 256 << 20):
+                 recover_bytes: int = 256 << 20, recount_every: int = 30):
         if face_index < 0:
             raise BadInput(f"face index must be >= 0, got {face_index}")
         self.face_index = int(face_index)
@@ -216,6 +276,8 @@ class MediaPipeBackend:
         # bytes of such frames (about 40 frames of 1080p, 1,700 of 224x224)
         self.recover_gaps = bool(recover_gaps)
         self.recover_bytes = int(recover_bytes)
+        # after the probe, faces are counted again on every recount_every-th frame (0 = never)
+        self.recount_every = int(max(0, recount_every))
 
     # -- model -------------------------------------------------------------------------
     def model_files(self) -> dict[str, str]:
@@ -265,7 +327,13 @@ class MediaPipeBackend:
         the same .task) looks at the first ``probe_frames`` frames as they go by; with one
         face (and the first face wanted) the landmarker tracks one face (fastest: its own
         detector then only runs after a loss), with more it tracks up to ``max_faces`` and
-        keeps the chosen one. No seeking, no second pass over the video.
+        keeps the chosen one. No seeking, no second pass over the video. After the first
+        frames the detector keeps counting on every ``recount_every``-th frame (in a helper
+        thread, skipping frames rather than making the tracker wait): when a second face
+        enters later, tracking switches to several faces from there on. In a clip where
+        several faces were seen, a face farther than a face size from where ours was last
+        seen is someone else and is never taken (those frames stay without a face), also
+        when it is the only one in view.
 
         ``frame_hook(index, rgb, landmarks_px_or_None)``, when given, is called once per
         decoded frame after tracking (index from 0; the chosen face's (478,2) pixel
@@ -368,7 +436,9 @@ class MediaPipeBackend:
             rec_jobs.append(rec_pool.submit(recover, seed, frames_in_order, center, size))
 
         recovered = 0
+        rejected = 0
         last_found = None
+        recount = _Recount(self._detector) if self.recount_every else None
         try:
             for i, rgb, seen in frames:
                 if cancel is not None and cancel():
@@ -383,6 +453,16 @@ class MediaPipeBackend:
                     if seen > 1 and num_faces < self.max_faces:
                         num_faces = self.max_faces
                         if lm is not None:   # a second face turned up: track several
+                            lm.close()
+                            lm = None
+                            fresh = True
+                elif recount is not None and num_faces < self.max_faces:
+                    if n % self.recount_every == 0:
+                        recount.offer(rgb)
+                    if recount.max_seen > 1:          # someone entered later in the clip
+                        faces_seen = max(faces_seen, recount.max_seen)
+                        num_faces = self.max_faces
+                        if lm is not None:
                             lm.close()
                             lm = None
                             fresh = True
@@ -413,8 +493,10 @@ class MediaPipeBackend:
                 if len(pts) == 1 and num_faces == 1:
                     k = 0
                 else:
-                    k = _choose_face(pts, prev_center, prev_size, self.face_index)
+                    k = _choose_face(pts, prev_center, prev_size, self.face_index,
+                                     crowded=faces_seen > 1)
                     if k is None:
+                        rejected += 1
                         if frame_hook is not None:
                             frame_hook(i - first, rgb, None)
                         continue
@@ -444,6 +526,8 @@ class MediaPipeBackend:
                 lm.close()
             if counter is not None:
                 counter.join()          # before the frames' source may be closed
+            if recount is not None:
+                recount.close()
         N = n
         found = np.zeros(N, bool)
         lmk = np.zeros((N, 478, 3), np.float32)
@@ -470,11 +554,17 @@ class MediaPipeBackend:
                        shape=np.zeros(0, np.float32), head_model=self.head_model,
                        info={"frames_decoded": N, "num_faces": num_faces,
                              "faces_seen": faces_seen, "frames_recovered_backwards": recovered,
+                             "frames_other_face_rejected": rejected,
+                             "recount_frames_checked": recount.checked if recount else 0,
+                             **({"recount_error": recount.error}
+                                if recount is not None and recount.error else {}),
                              **solve_info})
 
 
-def _choose_face(pts, prev_center, prev_size, face_index):
-    """Index of the face to keep: nearest to the previous one, else by size rank."""
+def _choose_face(pts, prev_center, prev_size, face_index, crowded: bool = False):
+    """Index of the face to keep: nearest to the previous one, else by size rank; None when
+    the nearest is farther than a face size from ours and there are other faces in view, or
+    (``crowded``: several faces were seen in the clip) even when it is the only one."""
     boxes = [(p[:, :2].min(0), p[:, :2].max(0)) for p in pts]
     centers = np.array([(lo + hi) / 2 for lo, hi in boxes])
     sizes = np.array([np.linalg.norm(hi - lo) for lo, hi in boxes])
@@ -484,6 +574,6 @@ def _choose_face(pts, prev_center, prev_size, face_index):
     d = np.linalg.norm(centers - prev_center, axis=1)
     k = int(np.argmin(d))
     # a face far from where ours was (more than a face size away) is someone else
-    if d[k] > max(prev_size, 1.0) * 1.0 and len(pts) > 1:
+    if d[k] > max(prev_size, 1.0) * 1.0 and (len(pts) > 1 or crowded):
         return None
     return k
