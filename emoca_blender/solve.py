@@ -211,6 +211,97 @@ def eyes_from_iris(pose_free: np.ndarray, neutral: np.ndarray) -> np.ndarray:
     return eyes
 
 
+# Jaw fusion. MediaPipe's blendshape jawOpen under-reports the jaw on some actors (the chin
+# drops 2-5 mm and the teeth show while the score stays ~0.02), whereas the landmark solve's
+# jawOpen follows the chin and lower jawline. The landmark jaw is trusted per frame in
+# proportion to its reliability: fully while the fit is good and the face is frontal, fading
+# to nothing as the landmark residual grows (a neutral that does not fit the face, a face the
+# landmarker distorts) and as the face turns away from the camera (the depth of a turned face
+# is poorly observed, and head rotation leaks into the jaw).
+JAW_TRUST_MAX = 1.0
+# Where the landmark jaw reads less than the score, the trust is scaled by this: a score
+# above the chin's opening is mostly the lower lip pulled down (a wide smile), which a rig's
+# jawOpen moves too and which geometric retargets onto other faces also read as jaw.
+JAW_TRUST_LOWER = 0.5
+JAW_TRUST_RESIDUAL_MM = (3.0, 4.5)   # full trust below, none above (RMS landmark residual)
+JAW_TRUST_TILT_DEG = (20.0, 35.0)    # same, for the face's angle away from the camera axis
+# inner-lip point pairs (upper, lower): the centre and either side
+LIP_PAIRS = np.array([[13, 14], [82, 87], [312, 317]], dtype=np.int64)
+
+
+def jaw_trust(residual_mm: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """(N,) weight in [0, 1] of the landmark solve's jaw against the blendshape score.
+
+    Args:
+        residual_mm: (N,) RMS landmark residual of the landmark solve.
+        rotation: (N,3,3) head -> camera rotations (camera +Z towards the viewer).
+    """
+    r0, r1 = JAW_TRUST_RESIDUAL_MM
+    t0, t1 = JAW_TRUST_TILT_DEG
+    tilt = np.degrees(np.arccos(np.clip(np.asarray(rotation, np.float64)[:, 2, 2], -1.0, 1.0)))
+    k_res = np.clip((r1 - np.asarray(residual_mm, np.float64)) / (r1 - r0), 0.0, 1.0)
+    k_tilt = np.clip((t1 - tilt) / (t1 - t0), 0.0, 1.0)
+    return JAW_TRUST_MAX * k_res * k_tilt
+
+
+def fuse_jaw(a: np.ndarray, w: np.ndarray, trust: np.ndarray, pose_free: np.ndarray,
+             neutral: np.ndarray, basis) -> np.ndarray:
+    """jawOpen from the blendshape score and the landmark solve; the lip channels follow so
+    that the rig's lips part as the landmarks show.
+
+    jawOpen = score + trust * (landmark jaw - score) (trust scaled by JAW_TRUST_LOWER where
+    the landmark jaw is the lower). Moving the jaw moves the lower lip with it: in the open
+    head model a change dj of jawOpen parts the inner lips by dj * g_jaw. That change may
+    bring the rig's inner-lip parting (the scores' weights through the open model) towards
+    the parting the landmarks show (pose-free, against the actor's neutral), never past it;
+    the lip channels undo the rest, as ARKit defines them: a jaw opened further than the
+    lips part is a seal, carried by mouthClose (lips together over an open jaw; at most
+    jawOpen); a jaw closed further than the lips close leaves the lower lip lowered on its
+    own: less mouthClose first, then mouthLowerDownLeft/Right.
+
+    Args:
+        a: (N,52) calibrated scores (not modified).
+        w: (N,52) landmark-solve weights.
+        trust: (N,) from :func:`jaw_trust`.
+        pose_free: (N,478,3) pose-free landmarks, metres.
+        neutral: (478,3) the actor's neutral landmarks, metres.
+        basis: the open head model's LandmarkBasis.
+    Returns:
+        (N,52) weights: jawOpen fused, mouthClose and mouthLowerDown* adjusted.
+    """
+    J, C = INDEX["jawOpen"], INDEX["mouthClose"]
+    LD = [INDEX["mouthLowerDownLeft"], INDEX["mouthLowerDownRight"]]
+    out = np.array(a, np.float64, copy=True)
+    j0 = out[:, J]
+    dj = w[:, J] - j0
+    k = np.asarray(trust, np.float64) * np.where(dj < 0, JAW_TRUST_LOWER, 1.0)
+    jf = np.clip(j0 + k * dj, 0.0, 1.0)
+    u, lo = LIP_PAIRS[:, 0], LIP_PAIRS[:, 1]
+    g = (basis.basis[:, u, 1] - basis.basis[:, lo, 1]).mean(1)     # (K,) parting per unit, m
+    pf = np.asarray(pose_free)
+    g_obs = ((pf[:, u, 1] - pf[:, lo, 1]).astype(np.float64).mean(1)
+             - float((neutral[u, 1] - neutral[lo, 1]).mean()))        # (N,) observed parting
+    g0 = out @ g                                                     # rig parting, scores
+    g1 = g0 + (jf - j0) * g[J]                                       # ... with the new jaw
+    target = np.clip(g1, np.minimum(g0, g_obs), np.maximum(g0, g_obs))
+    comp = target - g1            # < 0: close the lips (jaw went up), > 0: part them
+    g_close = max(-float(g[C]), 1e-9)
+    g_down = max(float(g[LD].sum()), 1e-9)
+    mc = out[:, C]
+    # sealing: more mouthClose, at most jawOpen (ARKit: lips together over an open jaw)
+    seal = np.maximum(-comp, 0.0) / g_close
+    mc_new = np.where(seal > 0, np.clip(mc + seal, mc, np.maximum(mc, jf)), mc)
+    # parting: less mouthClose, then the lower lip down on its own
+    part = np.maximum(comp, 0.0)
+    less = np.minimum(mc_new, part / g_close)
+    mc_new = mc_new - less
+    down = (part - less * g_close) / g_down
+    out[:, LD] = np.clip(out[:, LD] + down[:, None], 0.0, 1.0)
+    out[:, C] = mc_new
+    out[:, J] = jf
+    return out
+
+
 def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(0)
     b = b - b.mean(0)
@@ -295,8 +386,13 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     rot[S] = matrix_to_rotvec(np.asarray(matrices, np.float64)[FS, :3, :3])
     if (~S).any():
         rot[~S] = matrix_to_rotvec(res.rotation[~S])
-    R_clean = Rotation.from_rotvec(rot[S]).as_matrix()
-    ang = ls.rotation_angle_deg(R_clean, res.rotation[S])
+    R_all = Rotation.from_rotvec(rot).as_matrix()
+    ang = ls.rotation_angle_deg(R_all[S], res.rotation[S])
+
+    # jawOpen (and with it the jaw bone) from the scores and the landmark jaw, by reliability
+    trust = jaw_trust(res.residual_mm, R_all)
+    a_scores = a
+    a = fuse_jaw(a, w, trust, res.pose_free, neutral, basis)
 
     eyes_s = eyes_from_arkit(a)
     eyes_i = eyes_from_iris(res.pose_free, neutral)
@@ -318,7 +414,7 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     out["blinks"][F] = blink
     out["expression"] = out["arkit"].copy()
 
-    r = _pearson_cols(a[S], w[S])
+    r = _pearson_cols(a_scores[S], w[S])
     data_ch = [n for n in ARKIT_NAMES if n.startswith(("mouthSmile", "eyeBlink", "browInnerUp",
                                                        "browOuterUp", "mouthLowerDown",
                                                        "mouthUpperUp", "jawOpen"))]
@@ -331,7 +427,14 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
             "landmark_vs_scores_pearson": {n: (None if not np.isfinite(r[INDEX[n]])
                                                else round(float(r[INDEX[n]]), 3))
                                            for n in data_ch},
-            "landmark_vs_scores_mean_abs": round(float(np.abs(a[S] - w[S]).mean()), 4),
+            "landmark_vs_scores_mean_abs": round(float(np.abs(a_scores[S] - w[S]).mean()), 4),
+        },
+        "jaw_fusion": {
+            "landmark_trust_mean": round(float(trust.mean()), 3),
+            "jawOpen_change_mean": round(float((a[:, INDEX["jawOpen"]]
+                                                - a_scores[:, INDEX["jawOpen"]]).mean()), 4),
+            "mouthClose_change_mean": round(float((a[:, INDEX["mouthClose"]]
+                                                   - a_scores[:, INDEX["mouthClose"]]).mean()), 4),
         },
     }
     return out, info

@@ -44,9 +44,9 @@ def _mid(cap, name, field="arkit"):
                "neutral W015's speech 7.9 mm) while the chin barely drops (chin region 0.3 mm "
                "below the actor's closed-mouth frames, 0.2% of face height; W015 1.0 mm). Fitting "
                "the open head model's jawOpen to the chin region gives 0.06 (W015 0.20); 3x "
-               "neutral (jawOpen >= 0.44) would need a ~7.8 mm mean chin drop. MediaPipe's "
-               "jawOpen (0.004 vs 0.146) and the landmark solve's (0.06 vs 0.19) agree; see "
-               "test_surprised_mouth_opening_is_lips_not_jaw", strict=True)),
+               "neutral (jawOpen >= 0.44) would need a ~7.8 mm mean chin drop. Our jawOpen (the "
+               "blendshape score fused with the landmark jaw: 0.06 vs 0.20) follows the chin; "
+               "see test_surprised_mouth_opening_is_lips_not_jaw", strict=True)),
     ("angry", ("browDownLeft", "browDownRight"), 2.0),
 ])
 def test_mead_emotions(mead, emo, channels, factor):

@@ -99,3 +99,92 @@ def test_jaw_consistent_with_jawopen():
     a = np.zeros((1, 52))
     a[0, INDEX["jawOpen"]] = 0.5
     assert solve.jaw_from_arkit(a)[0, 0] == pytest.approx(0.5 * solve.JAW_OPEN_RADIANS)
+
+
+def _lip_parting(name):
+    """Inner-lip parting (m) of one open-model shape at weight 1 (solve.LIP_PAIRS)."""
+    b = ls.open_head_basis().basis[INDEX[name]]
+    u, lo = solve.LIP_PAIRS[:, 0], solve.LIP_PAIRS[:, 1]
+    return float((b[u, 1] - b[lo, 1]).mean())
+
+
+def test_jaw_fusion_recovers_underreported_jaw_and_seals_lips():
+    """A blendshape jawOpen that under-reports the jaw (as MediaPipe's does on some actors:
+    ~0.02 while the chin drops and the teeth show) is corrected from the landmarks; where the
+    jaw opens with the lips sealed, mouthClose carries the seal (ARKit semantics)."""
+    J, C = INDEX["jawOpen"], INDEX["mouthClose"]
+    N = 60
+    W = np.zeros((N, 52))
+    W[20:40, J] = 0.4                                   # jaw open, lips parted with it
+    W[40:, J] = 0.3                                     # jaw open, lips sealed
+    W[40:, C] = 0.3 * _lip_parting("jawOpen") / -_lip_parting("mouthClose")
+    assert 0.3 < W[45, C] < 1.0
+    scores = np.zeros((N, 52))
+    scores[:, J] = 0.05 * W[:, J]                       # the score sees a twentieth of it
+    mats = np.tile(np.eye(4), (N, 1, 1))
+    out, info = solve.from_mediapipe(_frontal(W), scores, mats)
+    a = out["arkit"]
+    assert np.abs(a[:20, J]).max() < 0.02 and a[:20, C].max() < 0.02   # closed stays closed
+    np.testing.assert_allclose(a[20:40, J], 0.4, atol=0.03)
+    np.testing.assert_allclose(out["jaw"][20:40, 0], 0.4 * solve.JAW_OPEN_RADIANS, atol=0.01)
+    assert a[20:40, C].max() < 0.03                     # lips part: no seal
+    np.testing.assert_allclose(a[40:, J], 0.3, atol=0.03)
+    np.testing.assert_allclose(a[40:, C], a[40:, J], atol=0.03)   # sealed: mouthClose = jawOpen
+    assert info["jaw_fusion"]["landmark_trust_mean"] > 0.95
+
+
+def test_jaw_fusion_lowered_jaw_keeps_the_lips_parted():
+    """A score that over-reports the jaw (the lower lip's drop read as jaw) is lowered towards
+    the landmarks' jaw; the parting it explained moves to mouthLowerDown, so the rig's inner
+    lips still part as much as the landmarks show."""
+    J = INDEX["jawOpen"]
+    LD = [INDEX["mouthLowerDownLeft"], INDEX["mouthLowerDownRight"]]
+    N = 40
+    W = np.zeros((N, 52))
+    W[20:, J] = 0.2
+    W[20:, LD] = 0.25
+    lower_lip = sum(_lip_parting(n) for n in ("mouthLowerDownLeft", "mouthLowerDownRight"))
+    score = 0.2 + 0.25 * lower_lip / _lip_parting("jawOpen")     # the whole parting as jaw
+    scores = np.zeros((N, 52))
+    scores[20:, J] = score
+    out, _ = solve.from_mediapipe(_frontal(W), scores, np.tile(np.eye(4), (N, 1, 1)))
+    a = out["arkit"]
+    jaw = score + solve.JAW_TRUST_LOWER * (0.2 - score)
+    assert jaw < score - 0.02
+    np.testing.assert_allclose(a[22:, J], jaw, atol=0.01)
+    np.testing.assert_allclose(a[22:, LD], (score - jaw) * _lip_parting("jawOpen") / lower_lip,
+                               atol=0.03)
+    parting = a[22:, J] * _lip_parting("jawOpen") + a[22:, LD].sum(1) * lower_lip / 2
+    np.testing.assert_allclose(parting, 0.2 * _lip_parting("jawOpen") + 0.25 * lower_lip,
+                               atol=2e-4)                          # metres
+
+
+def test_jaw_trust_fades_with_residual_and_head_turn():
+    from scipy.spatial.transform import Rotation
+
+    yaw = np.radians([0.0, 15.0, 27.5, 45.0, 0.0, 0.0])
+    R = Rotation.from_euler("y", yaw).as_matrix()
+    res = np.array([1.0, 1.0, 1.0, 1.0, 3.75, 6.0])
+    k = solve.jaw_trust(res, R)
+    np.testing.assert_allclose(k, [1.0, 1.0, 0.5, 0.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_jaw_fusion_leaves_turned_heads_to_the_score():
+    """At 45 degrees of yaw the landmark jaw is not trusted: jawOpen stays the score's."""
+    from scipy.spatial.transform import Rotation
+
+    J = INDEX["jawOpen"]
+    N = 30
+    W = np.zeros((N, 52))
+    W[15:, J] = 0.4
+    R = Rotation.from_euler("y", np.radians(45.0)).as_matrix()
+    b = ls.open_head_basis()
+    V = (b.template + np.einsum("nk,kpc->npc", W, b.basis)) @ R.T
+    lmk = (1300.0 * V + np.array([640.0, -360.0, 0.0])) * np.array([1.0, -1.0, -1.0])
+    mats = np.tile(np.eye(4), (N, 1, 1))
+    mats[:, :3, :3] = R
+    scores = np.zeros((N, 52))
+    scores[:, J] = 0.05 * W[:, J]
+    out, info = solve.from_mediapipe(lmk, scores, mats)
+    np.testing.assert_allclose(out["arkit"][:, J], scores[:, J], atol=1e-6)
+    assert info["jaw_fusion"]["landmark_trust_mean"] == 0.0
