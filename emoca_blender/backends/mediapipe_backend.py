@@ -145,14 +145,15 @@ def _video_detector(lm):
 _DETECTOR_BUF: dict[str, bytes] = {}
 
 
-def _count_ahead(frames, make_detector, k: int):
+def _count_ahead(frames, make_detector, k: int, handover: list | None = None):
     """Count faces in the first ``k`` frames in a helper thread, ahead of the tracker.
 
     Returns (items, thread): ``items`` yields (index, rgb, faces) for those frames and
     (index, rgb, None) after them, from the same iterator. The helper makes the detector,
     runs it while the main thread creates the landmarker and tracks the first frames, and
     closes it; the main thread continues the iterator only once the helper is done with it.
-    Join ``thread`` before the frames' source is closed.
+    Join ``thread`` before the frames' source is closed. With ``handover`` (a list) the
+    detector is appended to it instead of being closed (the caller then owns it).
     """
     import queue
 
@@ -178,7 +179,10 @@ def _count_ahead(frames, make_detector, k: int):
             q.put(e)
         finally:
             if det is not None:
-                det.close()
+                if handover is not None:
+                    handover.append(det)
+                else:
+                    det.close()
             q.put(done)
 
     t = threading.Thread(target=work, name="emoca-facecount", daemon=True)
@@ -204,10 +208,11 @@ class _Recount:
     several instead of re-acquiring whoever is there after a loss). A frame offered while
     the previous one is still being looked at is skipped: the tracker never waits."""
 
-    def __init__(self, make_detector):
+    def __init__(self, make_detector, handed: list | None = None):
         import queue
 
         self._make = make_detector
+        self.handed = handed if handed is not None else []   # a detector made earlier
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._t: threading.Thread | None = None
         self.max_seen = 0
@@ -229,7 +234,7 @@ class _Recount:
         mp, _, _ = _mp()
         det = None
         try:
-            det = self._make()
+            det = self.handed.pop() if self.handed else self._make()
             while True:
                 rgb = self._q.get()
                 if rgb is None:
@@ -244,6 +249,8 @@ class _Recount:
                 det.close()
 
     def close(self) -> None:
+        while self.handed:                      # never started: close what it was handed
+            self.handed.pop().close()
         if self._t is None:
             return
         import queue
@@ -349,8 +356,10 @@ class MediaPipeBackend:
             num_faces = want                      # raised below if the detector sees more
         num_faces = int(np.clip(max(num_faces, want), 1, self.max_faces))
         counter = None
+        handed: list = []        # the probe's detector, kept for the later recounts
         if probing:   # faces are counted by a helper thread, a few frames ahead
-            frames, counter = _count_ahead(frames, self._detector, self.probe_frames)
+            frames, counter = _count_ahead(frames, self._detector, self.probe_frames,
+                                           handed if self.recount_every else None)
         else:
             frames = ((i, rgb, None) for i, rgb in frames)
         lm = None
@@ -438,7 +447,7 @@ class MediaPipeBackend:
         recovered = 0
         rejected = 0
         last_found = None
-        recount = _Recount(self._detector) if self.recount_every else None
+        recount = _Recount(self._detector, handed) if self.recount_every else None
         try:
             for i, rgb, seen in frames:
                 if cancel is not None and cancel():
