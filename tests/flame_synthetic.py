@@ -13,6 +13,26 @@ The bases are random but smooth (Gaussian radial fields a few centimetres wide),
 FLAME's PCA components (standard deviations decreasing within each block, so the identity /
 expression split is where the norms jump up). The mesh is FLAME's own topology when
 ``head_template.obj`` is given (from ../shared/flame_aux), otherwise a closed ellipsoid head.
+
+Two spectra (``make_flame_dict(spectrum=...)``):
+- ``"local"`` (the default; the session-1 model, unchanged): every identity component is a
+  field of 5 cm bumps at 160 random centres, standard deviation 4 mm / sqrt(1 + k); every
+  expression component 3 cm bumps inside a face mask, 3 mm / sqrt(1 + k). Every rank is
+  equally local and the variance decays slowly, so much of the identity lives in detail the
+  105 MediaPipe landmarks never touch: with everything else known, the linearised posterior
+  of the identity alone still leaves 2.1 mm RMS on the face (bench/flame_fit_accuracy.py,
+  "information bound"), above that bench's 1.5 mm target, i.e. no estimator could meet it.
+- ``"pca"``: what a PCA of real heads looks like (the official FLAME's identity basis: the
+  leading components are global and very smooth, head size, face width / length, jaw line,
+  nose, and carry most of the variance; fine local detail comes only at high rank, with
+  small variance): component k is a field of bumps 9 cm / sqrt(1 + k) wide (9 cm to 9 mm)
+  with standard deviation 10 mm / (1 + k). Expression components are likewise smooth and
+  sit where faces move (FLAME's expression PCA moves the mouth, jaw, eyelids and brows):
+  bumps 4 cm / (1 + k)^0.3 wide inside the face mask, weighted towards ``expr_focus``
+  (feature points, e.g. the embedded MediaPipe landmarks on the template: lips, eyes, brows,
+  nose, jaw line; a Gaussian of 1.5 cm around the nearest one), standard deviation
+  5 mm / (1 + k)^0.75. The identity information bound falls to 0.35 mm.
+Both keep the official layout exactly (keys, dtypes, shapes, chumpy pickling).
 """
 from __future__ import annotations
 
@@ -107,23 +127,37 @@ def read_template(path: Path):
 
 def _smooth_fields(v, n, rng, width, centres=96, mask=None):
     """(n, V, 3) random smooth vector fields: sums of Gaussian bumps ``width`` wide at random
-    vertices (within ``mask`` when given), unit RMS each, orthogonalised."""
+    vertices (within ``mask`` when given), unit RMS each, orthogonalised. ``width`` may be a
+    sequence (one width per component, in rank order: QR keeps the span of the first k)."""
     V = len(v)
     pool = np.flatnonzero(mask) if mask is not None else np.arange(V)
+    widths = np.broadcast_to(np.asarray(width, np.float64), (n,))
     c = v[rng.choice(pool, min(centres, len(pool)), replace=False)]
-    phi = np.exp(-((v[:, None] - c[None]) ** 2).sum(-1) / (2 * width ** 2))     # (V,M)
-    if mask is not None:
-        phi = phi * mask[:, None]
-    coef = rng.normal(size=(n, phi.shape[1], 3))
-    f = np.einsum("vm,nmk->nvk", phi, coef).reshape(n, -1)
+    d2 = ((v[:, None] - c[None]) ** 2).sum(-1)                                  # (V,M)
+    if np.all(widths == widths[0]):
+        phi = np.exp(-d2 / (2 * widths[0] ** 2))
+        if mask is not None:
+            phi = phi * mask[:, None]
+        coef = rng.normal(size=(n, phi.shape[1], 3))
+        f = np.einsum("vm,nmk->nvk", phi, coef).reshape(n, -1)
+    else:
+        coef = rng.normal(size=(n, c.shape[0], 3))
+        f = np.empty((n, V * 3))
+        for k in range(n):
+            phi = np.exp(-d2 / (2 * widths[k] ** 2))
+            if mask is not None:
+                phi = phi * mask[:, None]
+            f[k] = (phi @ coef[k]).ravel()
     q, _ = np.linalg.qr(f.T)                                                    # orthonormal
     q = q.T[:n] * np.sqrt(V)                                                    # unit RMS/vertex
     return q.reshape(n, V, 3)
 
 
 def make_flame_dict(n_shape=300, n_expr=100, template: Path | str | None = None, seed=0,
-                    n_lat=24, n_lon=32):
-    """The dict an official FLAME pickle holds, with numpy arrays (see module docstring)."""
+                    n_lat=24, n_lon=32, spectrum: str = "local", expr_focus=None):
+    """The dict an official FLAME pickle holds, with numpy arrays (see module docstring).
+    ``spectrum``: "local" (session-1 model) or "pca" (PCA-like); ``expr_focus``: optional
+    (K,3) feature points the "pca" expression basis concentrates around."""
     rng = np.random.default_rng(seed)
     if template is not None:
         v, f = read_template(Path(template))
@@ -168,10 +202,23 @@ def make_flame_dict(n_shape=300, n_expr=100, template: Path | str | None = None,
     Jr = sp.csc_matrix((vals, (rows, cols)), shape=(5, V))
     # bases: identity over the whole head, expression over the face (front, lower 3/4)
     face = (np.clip((zrel - 0.45) / 0.2, 0, 1) * np.clip((0.85 - yrel) / 0.1, 0, 1))
-    ident = _smooth_fields(v, n_shape, rng, 0.05, centres=160)
-    ident *= (0.004 / np.sqrt(1 + np.arange(n_shape)))[:, None, None]
-    expr = _smooth_fields(v, n_expr, rng, 0.03, mask=face)
-    expr *= (0.003 / np.sqrt(1 + np.arange(n_expr)))[:, None, None]
+    if spectrum == "local":            # session-1 model: equally local bases at every rank
+        ident = _smooth_fields(v, n_shape, rng, 0.05, centres=160)
+        ident *= (0.004 / np.sqrt(1 + np.arange(n_shape)))[:, None, None]
+        expr = _smooth_fields(v, n_expr, rng, 0.03, mask=face)
+        expr *= (0.003 / np.sqrt(1 + np.arange(n_expr)))[:, None, None]
+    elif spectrum == "pca":            # PCA-like: smooth global leading components
+        k = np.arange(n_shape)
+        ident = _smooth_fields(v, n_shape, rng, 0.09 / (1 + k) ** 0.5, centres=160)
+        ident *= (0.010 / (1 + k))[:, None, None]
+        k = np.arange(n_expr)
+        if expr_focus is not None:     # where faces move: near the given feature points
+            dist = np.sqrt(((v[:, None] - np.asarray(expr_focus)[None]) ** 2).sum(-1)).min(1)
+            face = face * np.exp(-dist ** 2 / (2 * 0.015 ** 2))
+        expr = _smooth_fields(v, n_expr, rng, 0.04 / (1 + k) ** 0.3, mask=face)
+        expr *= (0.005 / (1 + k) ** 0.75)[:, None, None]
+    else:
+        raise ValueError(f"spectrum {spectrum!r}: 'local' or 'pca'")
     shapedirs = np.concatenate([ident, expr], 0).transpose(1, 2, 0)           # (V,3,S+E)
     pdirs = _smooth_fields(v, 36, rng, 0.04) * 0.004
     posedirs = pdirs.transpose(1, 2, 0)                                        # (V,3,36)
