@@ -4,8 +4,11 @@ emotion-consistent refinement (EMOCA supplementary Eq. 1) on the MEAD clips.
 Per MEAD clip in ../shared/media/mead: capture (default settings), then refine the
 expression on keyframes of the middle third and report the emotion-feature distance
 between input and rendering (target: falls >= 30%) and the 2-D landmark error (target:
-rises <= 10%). The emotion hook's own cost per analysed frame and per captured frame is
-measured on the same captures (crop + network, on the hook's background thread).
+rises <= 10%), per clip, for the default settings (the warp renderer, Eq. 1 plus the
+landmark consistency term) and for Eq. 1 as written (no landmark term); the refinement
+time per keyframe is measured with one torch thread. The emotion hook's own cost per
+analysed frame and per captured frame is measured on the same captures (crop + network,
+on the hook's background thread).
 
     python bench/emotion_refine.py
 """
