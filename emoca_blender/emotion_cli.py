@@ -231,8 +231,11 @@ def cmd_refine(args, progress) -> int:
     res = refine_capture(cap, frames(), s, frame_subset=subset, progress=on_frame)
     summ = res.summary()
     summ["seconds"] = round(time.perf_counter() - t0, 1)
-    settings = {"iterations": s.iterations, "keyframe_step": s.keyframe_step,
-                "strength": s.strength, "frames": subset}
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(s).items()
+                if isinstance(v, (int, float, str, bool)) or v is None}
+    settings["frames"] = subset
     new = refined_capture(cap, res.expression, {**summ, "skipped_frames": res.skipped},
                           settings)
     capture_file.save_capture(new, out)
