@@ -1,6 +1,7 @@
 """EMOCA backend throughput: end to end (decode + MediaPipe landmarks + EMOCA crop + the three
 ResNet-50 encoders + gap fill/filter + Capture write + displacement maps written as 16-bit
-PNGs) in frames/s, and the network alone per batch size, on this machine's device.
+PNGs) in frames/s, the network alone per batch size, on this machine's device, and the time
+to build one frame's dense detail mesh.
 
 Weights: a synthetic checkpoint with the official layout (tests/emoca_synthetic.py): the
 compute is the real network's. FLAME: the synthetic FLAME on FLAME's topology with the shared
@@ -45,6 +46,23 @@ def _network_fps(net, device, precision, batch, reps=2):
     return reps * batch / (time.perf_counter() - t0)
 
 
+def _detail_rows(res, flame_dir, name) -> list[dict]:
+    """Time of the dense detail mesh of one frame (``detail`` command: FLAME for the frame,
+    UV-space upsampling, displacement, OBJ write), from the capture just made."""
+    from emoca_blender import detail_mesh
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        mesh, vf = detail_mesh.capture_detail_mesh(res.capture, res.path, flame_dir)
+        t1 = time.perf_counter()
+        detail_mesh.write_obj(Path(tmp) / "d.obj", mesh)
+        t2 = time.perf_counter()
+    case = f"{name}: dense detail mesh, frame {vf} ({len(mesh.vertices):,} vertices)"
+    return [common.row("emoca_speed", case, "build (FLAME + upsampling + displacement)",
+                       t1 - t0, "s"),
+            common.row("emoca_speed", case, "OBJ write", t2 - t1, "s")]
+
+
 def run() -> list[dict]:
     import torch
 
@@ -81,6 +99,7 @@ def run() -> list[dict]:
                 t0 = time.perf_counter()
                 res = run_capture(clip, Path(tmp) / "b.capture.npz", s, cache_dir=None)
                 dt = time.perf_counter() - t0
+            detail = _detail_rows(res, flame_dir, clip.name)
         n = res.capture.n_frames
         e = res.capture.meta["backend"]["emoca"]
         import cv2
@@ -95,6 +114,7 @@ def run() -> list[dict]:
         rows.append(common.row("emoca_speed", case, "of which network", e["network_s"], "s"))
         rows.append(common.row("emoca_speed", case, "displacement maps + write",
                                res.timings.get("after_capture", float("nan")), "s"))
+        rows += detail
     if device != "cuda":
         rows.append(common.row("emoca_speed", "GPU (CUDA, fp16, 1080p)", "end to end",
                                float("nan"), "frames/s", "not measured: no GPU lent", None))
