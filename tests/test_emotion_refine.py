@@ -171,3 +171,24 @@ def test_render_warp_z_buffer_and_candidates():
     cand = R.nearest_faces(v2, faces, 64, k=2)
     img3 = R.render_warp(v2, z, faces, (tex, uv), 64, 2, 0.5, candidates=cand)
     assert torch.allclose(img, img3)
+
+
+def test_hole_caps_close_the_open_head_models_mouth_and_eyes():
+    """The rendering must not show the input through the mesh: every inner boundary loop
+    (mouth, eye openings, iris rims) is capped, the outer outline is not."""
+    import numpy as np
+
+    from emoca_blender.emotion_refine import hole_caps
+    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
+    from emoca_blender.mediapipe_topology import LIPS_INNER_UPPER, RIGHT_EYE
+
+    f = np.asarray(load_head_model(bundled(OPEN_HEAD)).faces, np.int64)
+    caps = hole_caps(f)
+    closed = np.concatenate([f, caps])
+    edges = np.sort(np.concatenate([closed[:, [0, 1]], closed[:, [1, 2]], closed[:, [2, 0]]]), 1)
+    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    open_edges = uniq[count == 1]
+    on_open = set(open_edges.ravel().tolist())
+    assert not on_open & set(LIPS_INNER_UPPER) and not on_open & set(RIGHT_EYE)
+    assert len(open_edges) == 36                     # only the face's outline is left open
+    assert set(caps.ravel().tolist()) >= set(LIPS_INNER_UPPER)
