@@ -192,3 +192,59 @@ def test_hole_caps_close_the_open_head_models_mouth_and_eyes():
     assert not on_open & set(LIPS_INNER_UPPER) and not on_open & set(RIGHT_EYE)
     assert len(open_edges) == 36                     # only the face's outline is left open
     assert set(caps.ravel().tolist()) >= set(LIPS_INNER_UPPER)
+
+
+def _open_head_problem(**kw):
+    """A FrameProblem on the open head model at rest, seen frontally in a synthetic image,
+    with a stand-in for the emotion network (mean and spread of the crop)."""
+    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
+
+    model = load_head_model(bundled(OPEN_HEAD))
+    L = model.v_template[np.asarray(model.landmark_vertices)]
+    scale = 120.0 / float(np.ptp(L[:, 0]))
+    lmk2d = np.stack([L[:, 0] * scale + 128, -L[:, 1] * scale + 128], 1)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (256, 256, 3)).astype(np.uint8)
+
+    def net(x):
+        return None, torch.stack([x.mean(), x.std()])
+
+    K = len(model.expression_names)
+    free = R.free_components(model.expression_names)
+    return R.FrameProblem(model, net, rgb, lmk2d, np.zeros(3), np.zeros(K), free,
+                          R.RefineSettings(**kw)), model
+
+
+def test_caps_are_drawn_behind_the_mesh():
+    """The hole caps get their own vertices behind the mesh: wherever a triangle of the
+    open mesh covers a sub-pixel, a mesh triangle (never a cap) is visible there."""
+    p, model = _open_head_problem()
+    n_open = len(model.faces)
+    assert p.cap_src is not None and p.faces.shape[0] > n_open
+    assert int(p.faces[n_open:].min()) >= model.v_template.shape[0]   # own vertices
+    e = p.e0.clone()
+    e[np.flatnonzero(np.array(model.expression_names) == "mouthSmileLeft")[0]] = 0.8
+    with torch.no_grad():
+        p.render(e, refresh=True)
+        C = p.camera_points(e)
+        uv = p.to_crop(p.project(C))
+        zs = C[:, 2] * p.cam[0] * (64.0 / p.box[2])
+        fo = p.faces[:n_open]
+        open_map, _ = R.rasterize(uv, zs, fo, 64, 2, R.nearest_faces(uv, fo, 64, 16))
+    fmap = p.raster[0]
+    assert (fmap[open_map >= 0] < n_open).all()     # no cap over the mesh
+    assert (fmap >= n_open).any()                  # the caps do show, through the holes
+    # in place (the caps on the rims' own vertices), the mouth's fan overlaps the lips
+    p0, _ = _open_head_problem(caps_behind=0.0)
+    assert p0.cap_src is None and int(p0.faces[n_open:].max()) < model.v_template.shape[0]
+    with torch.no_grad():
+        p0.render(e, refresh=True)
+    assert (p0.raster[0][open_map >= 0] >= n_open).sum() > 10
+
+
+def test_solve_never_returns_worse_than_the_capture_under_fresh_losses():
+    p, _ = _open_head_problem(iterations=12, second_lr=None, recheck=3)
+    e1, d0, d1 = p.solve()
+    assert np.isfinite(e1).all() and (e1 >= 0).all() and (e1 <= 1).all()
+    with torch.no_grad():
+        assert p.objective(torch.from_numpy(e1)) <= p.objective(p.e0) + 1e-6
