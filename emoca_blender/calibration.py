@@ -57,16 +57,25 @@ class Calibration:
 
 
 def rest_frames(scores: np.ndarray, fraction: float = REST_FRACTION,
-                min_frames: int = MIN_REST_FRAMES) -> np.ndarray:
+                min_frames: int = MIN_REST_FRAMES, frontal: np.ndarray | None = None
+                ) -> np.ndarray:
     """Indices of the calmest frames: lowest summed expression scores (gaze and blinks
-    excluded), the lowest ``fraction`` of the clip and at least ``min_frames``."""
+    excluded), the lowest ``fraction`` of the clip and at least ``min_frames``. With
+    ``frontal`` (N,) bool, they are taken among the frontal frames when there are at least
+    ``min_frames`` of them: a turned face's scores and landmarks make a poor neutral (its
+    depth is poorly observed), and everything else is measured against the neutral."""
     s = np.asarray(scores, np.float64)
     n = s.shape[0]
     if n == 0:
         return np.zeros(0, np.int64)
     energy = s[:, ENERGY_CHANNELS].sum(1)
-    k = int(min(n, max(min_frames, round(fraction * n))))
-    return np.sort(np.argsort(energy, kind="stable")[:k])
+    pool = np.arange(n)
+    if frontal is not None:
+        fr = np.flatnonzero(np.asarray(frontal, bool))
+        if len(fr) >= min(min_frames, n):
+            pool = fr
+    k = int(min(len(pool), max(min_frames, round(fraction * len(pool)))))
+    return np.sort(pool[np.argsort(energy[pool], kind="stable")[:k]])
 
 
 def neutral_window(n: int, frame: int, half: int = 1) -> np.ndarray:
@@ -74,12 +83,15 @@ def neutral_window(n: int, frame: int, half: int = 1) -> np.ndarray:
     return np.arange(max(0, frame - half), min(n, frame + half + 1))
 
 
-def calibrate(scores: np.ndarray, neutral_frame: int = -1) -> Calibration:
+def calibrate(scores: np.ndarray, neutral_frame: int = -1,
+              frontal: np.ndarray | None = None) -> Calibration:
     """Calibration from raw (N,52) scores of the frames with a face.
 
     Args:
         scores: (N,52) raw ARKit scores (rows = tracked frames only).
         neutral_frame: row index of a user-marked neutral frame, or -1 for automatic.
+        frontal: optional (N,) bool: frames facing the camera, preferred for the automatic
+            neutral (:func:`rest_frames`).
     """
     s = np.asarray(scores, np.float64)
     n = s.shape[0]
@@ -90,7 +102,7 @@ def calibrate(scores: np.ndarray, neutral_frame: int = -1) -> Calibration:
         source = f"user frame {int(neutral_frame)}"
         cap = np.where(MAX_OFFSET > 0, 0.95, 0.0)  # the user's word is trusted (gaze excepted)
     else:
-        frames = rest_frames(s)
+        frames = rest_frames(s, frontal=frontal)
         source = f"auto (calmest {len(frames)} frames)"
         cap = MAX_OFFSET
     offset = np.median(s[frames], axis=0) if len(frames) else np.zeros(s.shape[1])

@@ -358,7 +358,11 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     if neutral_frame is not None and neutral_frame >= 0:
         # the nearest scored frame to the one the user marked
         nf = int(np.argmin(np.abs(FS - int(neutral_frame))))
-    cal = calibration.calibrate(raw, nf)
+    # the automatic neutral prefers frames facing the camera (within the jaw fusion's
+    # full-trust angle): a turned face is a poor reference for everything measured from it
+    R_scored = np.asarray(matrices, np.float64)[FS, :3, :3]
+    tilt = np.degrees(np.arccos(np.clip(R_scored[:, 2, 2], -1.0, 1.0)))
+    cal = calibration.calibrate(raw, nf, frontal=tilt < JAW_TRUST_TILT_DEG[0])
     a = np.zeros((F.size, 52))
     a[S] = cal.apply(raw)
 

@@ -64,6 +64,24 @@ def test_calibration_offsets_capped_and_user_frame():
     assert "user" in user.source
 
 
+def test_automatic_neutral_prefers_frames_facing_the_camera():
+    """The calmest frames of a clip that opens turned away are turned frames; with the head
+    angles known, the neutral is taken among the frontal ones (when there are enough)."""
+    s = np.full((60, 52), 0.05)
+    s[:, INDEX["browDownLeft"]] = np.r_[np.zeros(10), np.full(50, 0.3)]   # calmest: 0..9
+    s[30:40, INDEX["browDownLeft"]] = 0.1                                  # calmest frontal
+    frontal = np.r_[np.zeros(15, bool), np.ones(45, bool)]                 # 0..14 turned
+    assert calibration.rest_frames(s).max() < 10
+    picked = calibration.rest_frames(s, frontal=frontal)
+    assert frontal[picked].all() and set(picked) <= set(range(30, 40))
+    # too few frontal frames: the calmest of all, as before
+    few = np.zeros(60, bool)
+    few[40] = True
+    assert np.array_equal(calibration.rest_frames(s, frontal=few), calibration.rest_frames(s))
+    cal = calibration.calibrate(s, frontal=frontal)
+    assert cal.offset[INDEX["browDownLeft"]] == pytest.approx(0.1)
+
+
 def _frontal(weights, iris_shift=None):
     b = ls.open_head_basis()
     V = b.template + np.einsum("nk,kpc->npc", weights, b.basis)
