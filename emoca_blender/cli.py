@@ -1,6 +1,6 @@
 """Command line: ``python -m emoca_blender {capture,rig,retarget,export,run,detail,info}``.
 
-``capture`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and ``run`` use
+``capture``, ``detail`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and ``run`` use
 the ``bpy`` module (installed in the project's .venv by ``make``).
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what and how to fix it),
