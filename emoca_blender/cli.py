@@ -1,7 +1,7 @@
 """Command line: ``python -m emoca_blender {capture,rig,retarget,export,run,detail,info}``.
 
-``capture``, ``detail`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and ``run`` use
-the ``bpy`` module (installed in the project's .venv by ``make``).
+``capture``, ``detail`` and ``info`` need no Blender; ``rig``, ``retarget``, ``export`` and
+``run`` use the ``bpy`` module (installed in the project's .venv by ``make``).
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what and how to fix it),
 1 internal error, 130 cancelled.
