@@ -27,6 +27,7 @@ import bpy
 import numpy as np
 
 from ._core import core
+from .rig_build import fill_triangle_mesh
 
 #: MediaPipe landmarks used: all 478 (the 10 iris points land on the eyeballs when the mesh
 #: has them, which makes gaze keys observable; misses are left out of the solve).
@@ -138,15 +139,7 @@ def render_front(world: np.ndarray, tri: np.ndarray, path: str, centre_x: float,
     me = bpy.data.meshes.new("EMOCA_correspondence")
     objs, datas = [], [me]
     try:
-        V, T = len(world), len(tri)
-        me.vertices.add(V)
-        me.vertices.foreach_set("co", world.astype(np.float32).ravel())
-        me.loops.add(3 * T)
-        me.loops.foreach_set("vertex_index", tri.astype(np.int32).ravel())
-        me.polygons.add(T)
-        me.polygons.foreach_set("loop_start", np.arange(0, 3 * T, 3, dtype=np.int32))
-        me.update(calc_edges=True)
-        me.polygons.foreach_set("use_smooth", np.ones(T, bool))
+        fill_triangle_mesh(me, world, tri)
         me.update()
         ob = bpy.data.objects.new("EMOCA_correspondence", me)
         scene.collection.objects.link(ob)

@@ -207,20 +207,10 @@ def mesh_arrays(mesh, uv_map: str = "UVMap"):
 def new_mesh_object(name: str, dense, collection, matrix_world=None, material=None):
     """A Blender object from a core ``detail_mesh.DenseMesh`` (positions, faces, texel UVs,
     smooth shading), linked to ``collection``."""
-    import numpy as np
+    from .rig_build import fill_triangle_mesh
 
-    me = bpy.data.meshes.new(name)
-    V, F = len(dense.vertices), len(dense.faces)
-    me.vertices.add(V)
-    me.vertices.foreach_set("co", dense.vertices.astype(np.float32).ravel())
-    me.loops.add(F * 3)
-    me.loops.foreach_set("vertex_index", dense.faces.astype(np.int32).ravel())
-    me.polygons.add(F)
-    me.polygons.foreach_set("loop_start", np.arange(0, F * 3, 3, dtype=np.int32))
-    me.polygons.foreach_set("use_smooth", np.ones(F, bool))
-    uv = me.uv_layers.new(name="UVMap")
-    uv.data.foreach_set("uv", dense.uvs[dense.faces.ravel()].astype(np.float32).ravel())
-    me.update(calc_edges=True)
+    me = fill_triangle_mesh(bpy.data.meshes.new(name), dense.vertices, dense.faces,
+                            dense.uvs[dense.faces.ravel()])
     me.validate(verbose=False)
     obj = bpy.data.objects.new(name, me)
     collection.objects.link(obj)

@@ -57,6 +57,26 @@ _UP = np.array([0.0, 0.0, 1.0])
 _FORWARD = np.array([0.0, -1.0, 0.0])
 
 
+def fill_triangle_mesh(me, verts, faces, corner_uv=None, uv_name: str = "UVMap"):
+    """Fill an empty Blender mesh with triangles in one go (foreach_set): ``verts`` (V,3)
+    Blender-axis positions, ``faces`` (F,3), optional ``corner_uv`` (F*3,2) UVs in face
+    corner order; smooth shading, edges computed. Returns ``me`` (not validated)."""
+    faces = np.asarray(faces, np.int32)
+    V, F = len(verts), len(faces)
+    me.vertices.add(V)
+    me.vertices.foreach_set("co", np.asarray(verts, np.float32).ravel())
+    me.loops.add(3 * F)
+    me.loops.foreach_set("vertex_index", faces.ravel())
+    me.polygons.add(F)
+    me.polygons.foreach_set("loop_start", np.arange(0, 3 * F, 3, dtype=np.int32))
+    me.update(calc_edges=True)
+    me.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
+    if corner_uv is not None:
+        uvl = me.uv_layers.new(name=uv_name)
+        uvl.data.foreach_set("uv", np.asarray(corner_uv, np.float32).ravel())
+    return me
+
+
 def model_to_blender(v) -> np.ndarray:
     """(..., 3) model-axis points or vectors -> Blender axes: (x, y, z) -> (x, -z, y)."""
     v = np.asarray(v)
@@ -180,24 +200,12 @@ def build_head_object(model, name: str, collection=None, with_armature: bool = T
         v = v + np.tensordot(s[:S], model.shape_basis[:S].astype(np.float64), axes=1)
     vb = model_to_blender(v)
     faces = np.asarray(model.faces, np.int32)
-    F = faces.shape[0]
-
-    me = bpy.data.meshes.new(name)
-    me.vertices.add(V)
-    me.vertices.foreach_set("co", vb.astype(np.float32).ravel())
-    me.loops.add(3 * F)
-    me.loops.foreach_set("vertex_index", faces.ravel())
-    me.polygons.add(F)
-    me.polygons.foreach_set("loop_start", np.arange(0, 3 * F, 3, dtype=np.int32))
-    me.update(calc_edges=True)
-    me.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
+    corner_uv = None
     if model.uv is not None:
-        uvl = me.uv_layers.new(name="UVMap")
-        uvl.data.foreach_set("uv", np.asarray(model.uv, np.float32)[faces.ravel()].ravel())
+        corner_uv = np.asarray(model.uv, np.float32)[faces.ravel()]
     elif getattr(model, "uv_faces", None) is not None:   # per-corner UVs (FLAME's template)
-        uvl = me.uv_layers.new(name="UVMap")
-        uvc = np.asarray(model.uv_coords, np.float32)
-        uvl.data.foreach_set("uv", uvc[np.asarray(model.uv_faces).ravel()].ravel())
+        corner_uv = np.asarray(model.uv_coords, np.float32)[np.asarray(model.uv_faces).ravel()]
+    me = fill_triangle_mesh(bpy.data.meshes.new(name), vb, faces, corner_uv)
     if me.validate(verbose=False):
         raise head_model.HeadModelError(f"head model {model.name!r} produced an invalid mesh")
     me.update()
