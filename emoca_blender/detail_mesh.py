@@ -113,15 +113,24 @@ def uv_samples(face_uvs: np.ndarray, res: int = 256) -> UVSamples:
                      bary=w[keep])
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V,3) area-weighted unit vertex normals (right-handed winding = outward)."""
+def face_cross(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F,3) cross products of each triangle's edges: twice its area along its normal."""
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces, np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray,
+                   cross: np.ndarray | None = None) -> np.ndarray:
+    """(V,3) area-weighted unit vertex normals (right-handed winding = outward);
+    ``cross``: :func:`face_cross` when already computed."""
+    f = np.asarray(faces, np.int64)
+    fn = face_cross(vertices, f) if cross is None else cross
+    V = len(vertices)
+    n = np.zeros((V, 3))
     for k in range(3):
         for j in range(3):
-            n[:, j] += np.bincount(f[:, k], fn[:, j], minlength=len(v))
+            n[:, j] += np.bincount(f[:, k], fn[:, j], minlength=V)
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
 
 
@@ -166,7 +175,8 @@ def build(vertices: np.ndarray, faces: np.ndarray, face_uvs: np.ndarray,
     tri = f[samples.face]                                           # (N,3)
     w = samples.bary[:, :, None]
     base = (v[tri] * w).sum(1)
-    vn = vertex_normals(v, f)
+    fc = face_cross(v, f)
+    vn = vertex_normals(v, f, fc)
     n = (vn[tri] * w).sum(1)
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
     d = np.zeros(len(base)) if D is None else D[samples.rows, samples.cols] * float(scale)
@@ -180,14 +190,14 @@ def build(vertices: np.ndarray, faces: np.ndarray, face_uvs: np.ndarray,
     tris = tris[(tris >= 0).all(1)]
     # seams: an edge much longer than the local texel size joins two UV islands
     fu = np.asarray(face_uvs, np.float64)
-    area3 = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+    area3 = 0.5 * np.linalg.norm(fc, axis=1)
     areauv = 0.5 * np.abs(_cross2(fu[:, 1] - fu[:, 0], fu[:, 2] - fu[:, 0])) * res * res
     texel = np.sqrt(area3 / np.maximum(areauv, 1e-20))[samples.face]   # metres per texel
     e = np.stack([np.linalg.norm(base[tris[:, i]] - base[tris[:, (i + 1) % 3]], axis=1)
                   for i in range(3)], 1).max(1)
     tris = tris[e <= SEAM_FACTOR * texel[tris].max(1) + 1e-12]
     # wind each triangle like the coarse surface under it
-    tn = np.cross(base[tris[:, 1]] - base[tris[:, 0]], base[tris[:, 2]] - base[tris[:, 0]])
+    tn = face_cross(base, tris)
     flip = (tn * n[tris].sum(1)).sum(1) < 0
     tris[flip] = tris[flip][:, [0, 2, 1]]
     return DenseMesh(vertices=dense, faces=tris, uvs=samples.uv, base=base, normals=n,
@@ -289,5 +299,6 @@ def capture_detail_mesh(capture, capture_path, flame_dir, video_frame: int | Non
     return build(v, a.model.faces, fu, disp, scale=scale), int(m["first"]) + i
 
 
-__all__ = ["UVSamples", "DenseMesh", "uv_samples", "vertex_normals", "build", "write_obj",
-           "read_obj", "frame_index", "flame_frame_vertices", "capture_detail_mesh"]
+__all__ = ["UVSamples", "DenseMesh", "uv_samples", "face_cross", "vertex_normals", "build",
+           "write_obj", "read_obj", "frame_index", "flame_frame_vertices",
+           "capture_detail_mesh"]

@@ -90,6 +90,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from emoca_blender import mediapipe_topology as mt  # noqa: E402
+from emoca_blender.detail_mesh import vertex_normals  # noqa: E402
 from emoca_blender.arkit import ARKIT_NAMES, INDEX, MIRROR_INDEX, from_mediapipe  # noqa: E402
 from emoca_blender.head_model import HeadModel, pose_vertices, save_head_model  # noqa: E402
 
@@ -481,15 +482,6 @@ def authored_shapes(v, mirror, W, joints):
 
 
 FACES_FOR_NORMALS = None
-
-
-def vertex_normals(v, faces):
-    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
-    fn = np.cross(b - a, c - a)
-    vn = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
 
 
 def _model_stub(v, W, joints):
