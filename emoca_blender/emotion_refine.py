@@ -194,6 +194,19 @@ class RefineResult:
 
 # -- the renderer ---------------------------------------------------------------------------
 
+def _edge_functions(P, a, b, c):
+    """2-D edge functions of points ``P`` against triangles (a, b, c) (broadcasting over
+    leading dimensions): cross(c - b, P - b), cross(a - c, P - c), cross(b - a, P - a) --
+    the unnormalised barycentrics of a, b, c -- and the signed double area."""
+
+    def edge(p0, p1):
+        e = p1 - p0
+        return e[..., 0] * (P[..., 1] - p0[..., 1]) - e[..., 1] * (P[..., 0] - p0[..., 0])
+
+    area = (b - a)[..., 0] * (c - a)[..., 1] - (b - a)[..., 1] * (c - a)[..., 0]
+    return edge(b, c), edge(c, a), edge(a, b), area
+
+
 def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: float = 1.0,
            background=0.5, candidates=None, texture=None):
     """Soft-rasterize a mesh to a (size,size) gray image, differentiably.
@@ -221,17 +234,11 @@ def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: floa
         candidates = torch.arange(faces.shape[0])[None].expand(P.shape[0], -1)
     fc = faces[candidates]                                         # (P,K,3)
     a, b, c = v2[fc[..., 0]], v2[fc[..., 1]], v2[fc[..., 2]]       # (P,K,2)
-    Pk = P[:, None, :]
-
-    def edge(p0, p1):   # (P,K): cross((p1-p0), (P-p0))
-        e = p1 - p0
-        return e[..., 0] * (Pk[..., 1] - p0[..., 1]) - e[..., 1] * (Pk[..., 0] - p0[..., 0])
-
-    area = (b - a)[..., 0] * (c - a)[..., 1] - (b - a)[..., 1] * (c - a)[..., 0]
+    e0, e1, e2, area = _edge_functions(P[:, None, :], a, b, c)         # (P,K)
     sgn = torch.sign(area).detach()
     ok = (area.abs() > 1e-6).detach()
     aa = area.abs().clamp_min(1e-6)
-    e0, e1, e2 = edge(b, c) * sgn, edge(c, a) * sgn, edge(a, b) * sgn   # inside: all >= 0
+    e0, e1, e2 = e0 * sgn, e1 * sgn, e2 * sgn                            # inside: all >= 0
     w0, w1, w2 = e0 / aa, e1 / aa, e2 / aa                               # barycentrics
     dist = torch.minimum(torch.minimum(e0 / (c - b).norm(dim=-1).clamp_min(1e-6),
                                        e1 / (a - c).norm(dim=-1).clamp_min(1e-6)),
@@ -340,16 +347,10 @@ def rasterize(v2, z, faces, size: int = 64, supersample: int = 2, candidates=Non
         fc = faces[pc]
         v2 = v2.detach()
         a, b, c = v2[fc[..., 0]], v2[fc[..., 1]], v2[fc[..., 2]]
-        Pk = P[:, None]
-
-        def cross(p0, p1):
-            e = p1 - p0
-            return e[..., 0] * (Pk[..., 1] - p0[..., 1]) - e[..., 1] * (Pk[..., 0] - p0[..., 0])
-
-        area = (b - a)[..., 0] * (c - a)[..., 1] - (b - a)[..., 1] * (c - a)[..., 0]
+        e0, e1, e2, area = _edge_functions(P[:, None], a, b, c)
         ok = area.abs() >= 1e-9
         inv = 1.0 / torch.where(ok, area, torch.ones_like(area))
-        w0, w1, w2 = cross(b, c) * inv, cross(c, a) * inv, cross(a, b) * inv
+        w0, w1, w2 = e0 * inv, e1 * inv, e2 * inv
         inside = (w0 >= -eps) & (w1 >= -eps) & (w2 >= -eps) & ok
         zf = z.detach()[fc]
         zp = w0 * zf[..., 0] + w1 * zf[..., 1] + w2 * zf[..., 2]
@@ -394,13 +395,9 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
     Pp = P[pix]
     a, b, c = v2[tri[:, 0]], v2[tri[:, 1]], v2[tri[:, 2]]
 
-    def cross(p0, p1):
-        e = p1 - p0
-        return e[:, 0] * (Pp[:, 1] - p0[:, 1]) - e[:, 1] * (Pp[:, 0] - p0[:, 0])
-
-    area = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
+    e0, e1, e2, area = _edge_functions(Pp, a, b, c)
     area = torch.where(area.abs() < 1e-9, torch.full_like(area, 1e-9), area)
-    W = torch.stack([cross(b, c), cross(c, a), cross(a, b)], 1) / area[:, None]   # (n,3)
+    W = torch.stack([e0, e1, e2], 1) / area[:, None]                             # (n,3)
     tex, uv = texture
     u = (W[:, :, None] * uv[tri]).sum(1)                                          # (n,2)
     H, Wd = tex.shape[-2:]
