@@ -39,6 +39,7 @@ Invalid frames hold the last valid value (or the first valid one before it), nev
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -270,24 +271,39 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def written_beside(path: str | os.PathLike, suffix: str = ".part", placeholder: bool = True):
+    """The one atomic-write step for every writer that wants a file name: yields a temporary
+    name in ``path``'s folder (a file created there, or only the name when ``placeholder``
+    is False, for writers that back up an existing file); when the block ends without error
+    the file is published over ``path`` (:func:`publish`), otherwise it is removed, with any
+    ``<name>1`` backup the writer left (Blender's), and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    if not placeholder:
+        os.unlink(tmp)
+    try:
+        yield tmp
+        publish(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp + "1"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data_writer) -> None:
     """Write a file atomically: ``data_writer(fileobj)`` writes into a temporary file in the
     same folder, which is fsynced and renamed over ``path``. On any error the temporary file
     is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with written_beside(path) as tmp:
+        with open(tmp, "wb") as f:
             data_writer(f)
             f.flush()
             os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _json_default(o):

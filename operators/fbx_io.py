@@ -18,9 +18,7 @@ created afterwards, so the user's scene, selection and data are left as they wer
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import bpy
@@ -89,8 +87,6 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
     prev_active = view_layer.objects.active
     prev_range = (scene.frame_start, scene.frame_end)
     hidden = [o for o in objs if o.hide_get()]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".fbx.part", dir=path.parent)
-    os.close(fd)
     try:
         for o in view_layer.objects:
             o.select_set(False)
@@ -100,7 +96,8 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
             o.select_set(True)
         view_layer.objects.active = objs[0]
         scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
-        with bpy.context.temp_override(selected_objects=objs, active_object=objs[0]):
+        with bpy.context.temp_override(selected_objects=objs, active_object=objs[0]), \
+                capture_file.written_beside(path, suffix=".fbx.part") as tmp:
             res = bpy.ops.export_scene.fbx(
                 filepath=tmp, check_existing=False, use_selection=True,
                 object_types={"ARMATURE", "MESH", "EMPTY"},
@@ -113,15 +110,8 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                 bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False,
                 bake_anim_force_startend_keying=True, bake_anim_step=1.0,
                 bake_anim_simplify_factor=0.0, path_mode="AUTO", embed_textures=False)
-        if "FINISHED" not in res:
-            raise FbxExportError(f"the FBX exporter returned {res}")
-        capture_file.publish(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            if "FINISHED" not in res:
+                raise FbxExportError(f"the FBX exporter returned {res}")
     finally:
         scene.frame_start, scene.frame_end = prev_range
         for o in objs:
@@ -260,22 +250,12 @@ def save_blend(path) -> Path:
         path = path.with_suffix(".blend")
     if not path.parent.is_dir():
         raise OSError(f"output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".blend", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)   # so Blender makes no ".blend1" backup of the placeholder
-    try:
+    # no placeholder file, so Blender makes no ".blend1" backup of it
+    with capture_file.written_beside(path, suffix=".blend", placeholder=False) as tmp:
         res = bpy.ops.wm.save_as_mainfile(filepath=tmp, copy=True, check_existing=False,
                                           compress=False)
         if "FINISHED" not in res:
             raise OSError(f"saving {path.name} failed ({res})")
-        capture_file.publish(tmp, path)
-    except BaseException:
-        for leftover in (tmp, tmp + "1"):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        raise
     return path
 
 
