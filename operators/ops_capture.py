@@ -230,10 +230,7 @@ class EMOCA_OT_capture(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         problem = capture_problem(context)
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     # -- start ---------------------------------------------------------------------------
 

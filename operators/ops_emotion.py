@@ -210,10 +210,7 @@ class EMOCA_OT_key_emotion(bpy.types.Operator):
         problem = emotion_problem(context)
         if problem is None and emotion_target(context) is None:
             problem = "Build the actor rig first (or select an object)"
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     def execute(self, context):
         from ._core import capture_file
@@ -254,10 +251,7 @@ class EMOCA_OT_emotion_find_similar(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         problem = emotion_problem(context)
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     def execute(self, context):
         from ._core import capture_file, core

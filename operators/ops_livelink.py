@@ -114,10 +114,7 @@ class EMOCA_OT_export_livelink(bpy.types.Operator, ExportHelper):
     @classmethod
     def poll(cls, context):
         problem = export_problem(context)
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     def invoke(self, context, event):
         if not self.filepath:

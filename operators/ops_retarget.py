@@ -313,10 +313,7 @@ class EMOCA_OT_retarget(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         problem = capture_file_problem(context) or targets_problem(context)
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     def execute(self, context):
         from ._core import capture_file
@@ -437,10 +434,7 @@ def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict
 def _needs_targets(cls, context) -> bool:
     problem = targets_problem(context) or (None if settings(context) is not None else
                                            "The EMOCA add-on is not registered")
-    if problem:
-        cls.poll_message_set(problem)
-        return False
-    return True
+    return properties.poll_ok(cls, problem)
 
 
 class EMOCA_OT_retarget_guess(bpy.types.Operator):

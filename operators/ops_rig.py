@@ -66,10 +66,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         problem = capture_file_problem(context)
         if problem is None and not os.path.isfile(bundled_path(OPEN_HEAD)):
             problem = f"{OPEN_HEAD} is missing from bundled_models/ (rebuild it, see README)"
-        if problem:
-            cls.poll_message_set(problem)
-            return False
-        return True
+        return properties.poll_ok(cls, problem)
 
     def execute(self, context):
         from ._core import capture_file, head_model

@@ -203,6 +203,15 @@ def get_prefs(context=None):
     return prefs if prefs is not None else _DefaultPrefs()
 
 
+def poll_ok(cls, problem: str | None) -> bool:
+    """An operator's poll: True without a problem, else False with the problem as the
+    greyed-out button's tooltip."""
+    if problem:
+        cls.poll_message_set(problem)
+        return False
+    return True
+
+
 def abspath(path: str) -> str:
     """A path property's value as an absolute, user-expanded path ('' stays '')."""
     if not path:
