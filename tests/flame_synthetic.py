@@ -88,16 +88,16 @@ def fake_chumpy():
 
 # ---------------------------------------------------------------- geometry
 
-def ellipsoid_head(n_lat: int = 24, n_lon: int = 32):
-    """A closed 20 x 24 x 22 cm ellipsoid (model axes), FLAME-like placement: returns
-    (V,3) vertices, (F,3) triangles."""
-    lat = np.linspace(0.12, np.pi - 0.12, n_lat)
+def uv_sphere(n_lat: int = 24, n_lon: int = 32, margin: float = 0.12):
+    """A closed unit UV sphere (model axes: +Y up, +Z out of the face): ``n_lat`` rings from
+    ``margin`` to pi - ``margin`` of ``n_lon`` vertices, then the two poles. Returns (V,3)
+    vertices, (F,3) int64 triangles (outward winding)."""
+    lat = np.linspace(margin, np.pi - margin, n_lat)
     lon = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
     th, ph = np.meshgrid(lat, lon, indexing="ij")
     u = np.stack([np.sin(th) * np.sin(ph), np.cos(th), np.sin(th) * np.cos(ph)], -1).reshape(-1, 3)
     u = np.concatenate([u, [[0, 1, 0], [0, -1, 0]]])
-    v = u * np.array([0.08, 0.11, 0.095]) + np.array([0.0, 0.0, 0.0])
-    V = len(v)
+    V = len(u)
     faces = []
     for i in range(n_lat - 1):
         for j in range(n_lon):
@@ -109,7 +109,14 @@ def ellipsoid_head(n_lat: int = 24, n_lon: int = 32):
     for j in range(n_lon):
         faces.append((top, j, (j + 1) % n_lon))
         faces.append((bot, last + (j + 1) % n_lon, last + j))
-    return v, np.array(faces, np.int64)
+    return u, np.array(faces, np.int64)
+
+
+def ellipsoid_head(n_lat: int = 24, n_lon: int = 32):
+    """A closed 20 x 24 x 22 cm ellipsoid (model axes), FLAME-like placement: returns
+    (V,3) vertices, (F,3) triangles."""
+    u, f = uv_sphere(n_lat, n_lon)
+    return u * np.array([0.08, 0.11, 0.095]) + np.array([0.0, 0.0, 0.0]), f
 
 
 def read_template(path: Path):

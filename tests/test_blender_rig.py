@@ -19,6 +19,9 @@ if str(ROOT) not in sys.path:
 
 bpy = pytest.importorskip("bpy")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flame_synthetic import uv_sphere  # noqa: E402
+
 from emoca_blender.arkit import ARKIT_NAMES  # noqa: E402
 from emoca_blender.capture_file import make_capture  # noqa: E402
 from emoca_blender.head_model import HeadModel, pose_vertices  # noqa: E402
@@ -32,24 +35,10 @@ def synthetic_head(expression_names=None, n_lat=24, n_lon=32, seed=0, posedirs=F
     with FLAME's five joints, smooth LBS weights (jaw region, eyes) and smooth random
     expression shapes."""
     rng = np.random.default_rng(seed)
-    lat = np.linspace(0.05, np.pi - 0.05, n_lat)
-    lon = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
-    th, ph = np.meshgrid(lat, lon, indexing="ij")
-    v = np.stack([np.sin(th) * np.sin(ph), np.cos(th), np.sin(th) * np.cos(ph)], -1).reshape(-1, 3)
-    v = np.concatenate([v, [[0, 1, 0], [0, -1, 0]]]) * 0.1
+    v, faces = uv_sphere(n_lat, n_lon, margin=0.05)
+    v = v * 0.1
     V = len(v)
-    faces = []
-    for i in range(n_lat - 1):
-        for j in range(n_lon):
-            a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
-            c, d = a + n_lon, b + n_lon
-            faces += [(a, c, b), (b, c, d)]
-    top, bot = V - 2, V - 1
-    for j in range(n_lon):
-        faces.append((top, j, (j + 1) % n_lon))
-        last = (n_lat - 1) * n_lon
-        faces.append((bot, last + (j + 1) % n_lon, last + j))
-    faces = np.array(faces, np.int32)
+    faces = faces.astype(np.int32)
     uv = np.stack([(np.arctan2(v[:, 0], v[:, 2]) / (2 * np.pi)) % 1.0, 0.5 + v[:, 1] * 5], -1)
     joint_names = ("root", "neck", "jaw", "left_eye", "right_eye")
     joints = np.array([[0, -0.10, -0.02], [0, -0.07, -0.02], [0, -0.02, -0.01],
