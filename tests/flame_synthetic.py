@@ -113,7 +113,7 @@ def uv_sphere(n_lat: int = 24, n_lon: int = 32, margin: float = 0.12):
 
 
 def ellipsoid_head(n_lat: int = 24, n_lon: int = 32):
-    """A closed 20 x 24 x 22 cm ellipsoid (model axes), FLAME-like placement: returns
+    """A closed 16 x 22 x 19 cm ellipsoid (model axes), FLAME-like placement: returns
     (V,3) vertices, (F,3) triangles."""
     u, f = uv_sphere(n_lat, n_lon)
     return u * np.array([0.08, 0.11, 0.095]) + np.array([0.0, 0.0, 0.0]), f
