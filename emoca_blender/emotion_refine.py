@@ -61,7 +61,8 @@ Optimiser: Adam from e0, twice -- 120 iterations at learning rate 0.05, and 60 a
 (``second_lr``; None: one run) -- keeping the better result; the free components are
 clamped to [0, 1] after each step (a projection: a component at a bound leaves it as soon
 as its gradient turns, where a sigmoid parameterisation would flatten the gradient near
-the bounds); the triangle candidates and the warp's raster are refreshed every 10 steps;
+the bounds); the warp's raster is refreshed every ``refresh_every`` steps (1 since the
+exact rasterizer made a raster cost 4-5 ms; the figures below used 10);
 the best iterate (by the full loss, as below) is kept, and a result worse than the capture
 under the full loss (fresh raster) is replaced by the capture. Between refreshes the loss is
 measured on a stale raster (the warp extrapolated) and the optimiser exploits it: on a
@@ -130,7 +131,10 @@ import numpy as np
 from .errors import BadInput
 
 REG = 1e-3
-FIXED_ARKIT_PREFIXES = ("jaw", "eyeLook")
+# held as captured: the jaw and the gaze (Eq. 1 optimises the expression only), and the
+# tongue, which the head model does not have (its tongueOut shape only moves the lips, so
+# the optimiser used it as a spare lip control: +1.0 on several MEAD keyframes)
+FIXED_ARKIT_PREFIXES = ("jaw", "eyeLook", "tongue")
 
 
 @dataclass
@@ -148,7 +152,7 @@ class RefineSettings:
     texture_size: int = 256         # resolution of the texture crop (the neutral frame)
     sigma: float = 0.6              # soft: coverage softness, crop pixels
     gamma: float = 1.0              # soft: z-buffer temperature, crop pixels
-    candidates: int = 16            # triangles considered per pixel (nearest centroids)
+    candidates: int = 16            # soft: triangles considered per pixel (nearest centroids)
     threads: int | None = 1
     composite: bool = True          # draw the head over the input crop (else a flat gray)
     landmark_weight: float = 0.5    # landmark consistency term (not in Eq. 1; 0 = Eq. 1)
@@ -157,6 +161,7 @@ class RefineSettings:
     caps_behind: float = 1000.0     # warp: the hole caps get their own vertices, pushed this
     #                                 far (crop pixels) from the viewer: seen only through
     #                                 the holes, never over the lips or lids (0: in place)
+    refresh_every: int = 1          # warp: rasterize afresh every this many Adam steps
     recheck: int = 8                # per Adam run, re-measure this many of the best iterates
     #                                 (by the loss on the stale raster) on a fresh raster
 
@@ -324,43 +329,57 @@ def nearest_faces(v2, faces, size: int = 64, k: int = 12):
         return d.topk(min(k, faces.shape[0]), dim=1, largest=False).indices
 
 
-def rasterize(v2, z, faces, size: int = 64, supersample: int = 2, candidates=None,
-              eps: float = 1e-4):
-    """Hard rasterization (no gradient): the visible triangle of every sub-pixel.
+def rasterize(v2, z, faces, size: int = 64, supersample: int = 2, eps: float = 1e-4):
+    """Hard rasterization (no gradient): the visible triangle of every sub-pixel, exactly.
 
-    Sub-pixel centres lie on a (size*supersample)^2 grid, in output pixels. Among the
-    candidate triangles of the sub-pixel's pixel (:func:`nearest_faces`; default all), the
-    covering triangle nearest the viewer (largest z) wins.
+    Sub-pixel centres lie on a (size*supersample)^2 grid, in output pixels. Every triangle
+    is tested against the sub-pixel centres inside its bounding box (clipped to the image);
+    among the triangles covering a sub-pixel, the one nearest the viewer (largest
+    interpolated z) wins. Exact for any triangle size: an earlier version tested only the
+    16 triangles whose centroids lay nearest each pixel, which missed the large triangles
+    of the hole caps on 35-69 sub-pixels per MEAD keyframe and let the input crop show
+    through the mouth there. About 4-5 ms for the open head model at 64x64, 2x2.
     Returns (face index per sub-pixel, -1 where nothing covers it; sub-pixel centres (S*S,2)).
     """
     import torch
 
     S = size * supersample
     with torch.no_grad():
-        c1 = (torch.arange(S, dtype=v2.dtype) + 0.5) / supersample
-        ys, xs = torch.meshgrid(c1, c1, indexing="ij")
-        P = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
-        if candidates is None:
-            candidates = torch.arange(faces.shape[0])[None].expand(size * size, -1)
-        idx = torch.arange(S) // supersample
-        pc = candidates[(idx[:, None] * size + idx[None, :]).reshape(-1)]      # (S*S,K)
-        fc = faces[pc]
-        v2 = v2.detach()
-        a, b, c = v2[fc[..., 0]], v2[fc[..., 1]], v2[fc[..., 2]]
-        e0, e1, e2, area = _edge_functions(P[:, None], a, b, c)
+        v2, z = v2.detach(), z.detach()
+        q = v2[faces] * supersample - 0.5               # (F,3,2), sub-pixel index units
+        lo = torch.ceil(q.amin(1)).clamp(-1, S).long().clamp(min=0)
+        hi = torch.floor(q.amax(1)).clamp(-1, S).long().clamp(max=S - 1)
+        nx = (hi[:, 0] - lo[:, 0] + 1).clamp(min=0)
+        ny = (hi[:, 1] - lo[:, 1] + 1).clamp(min=0)
+        n = nx * ny
+        fid = torch.repeat_interleave(torch.arange(faces.shape[0]), n)
+        k = torch.arange(int(n.sum())) - (torch.cumsum(n, 0) - n)[fid]
+        px = lo[fid, 0] + k % nx[fid]
+        py = lo[fid, 1] + k // nx[fid]
+        P = torch.stack([px, py], 1).to(v2.dtype).add(0.5).div(supersample)
+        fc = faces[fid]
+        a, b, c = v2[fc[:, 0]], v2[fc[:, 1]], v2[fc[:, 2]]
+        e0, e1, e2, area = _edge_functions(P, a, b, c)
         ok = area.abs() >= 1e-9
         inv = 1.0 / torch.where(ok, area, torch.ones_like(area))
         w0, w1, w2 = e0 * inv, e1 * inv, e2 * inv
         inside = (w0 >= -eps) & (w1 >= -eps) & (w2 >= -eps) & ok
-        zf = z.detach()[fc]
-        zp = w0 * zf[..., 0] + w1 * zf[..., 1] + w2 * zf[..., 2]
-        zp = torch.where(inside, zp, torch.full_like(zp, -1e30))
-        f = pc.gather(1, zp.argmax(1, keepdim=True))[:, 0]
-        return torch.where(inside.any(1), f, torch.full_like(f, -1)), P
+        zf = z[fc]
+        zp = (w0 * zf[:, 0] + w1 * zf[:, 1] + w2 * zf[:, 2])[inside]
+        pid = (py * S + px)[inside]
+        fid = fid[inside]
+        zbuf = torch.full((S * S,), -torch.inf, dtype=zp.dtype).scatter_reduce(
+            0, pid, zp, "amax")
+        win = zp >= zbuf[pid]
+        fmap = torch.full((S * S,), -1, dtype=torch.long)
+        fmap[pid[win]] = fid[win]
+        c1 = (torch.arange(S, dtype=v2.dtype) + 0.5) / supersample
+        ys, xs = torch.meshgrid(c1, c1, indexing="ij")
+        return fmap, torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
 
 
 def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
-                background=0.5, candidates=None, raster=None):
+                background=0.5, raster=None):
     """Render a textured mesh to a (size,size) gray image: hard visibility, differentiable
     texture warp.
 
@@ -379,7 +398,6 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
         faces: (F,3) long tensor.
         texture: (image (H,W) tensor, uv (V,2) tensor in that image's pixels).
         background: a gray level, or a (size,size) tensor drawn where no triangle covers.
-        candidates: optional (size*size,K) from :func:`nearest_faces`.
         raster: optional (face map, sub-pixel centres) from :func:`rasterize`, reused
             instead of rasterizing again (the optimiser refreshes it every few steps; in
             between, a sub-pixel whose triangle has moved off it keeps that triangle's
@@ -388,7 +406,7 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
     import torch
 
     fmap, P = (raster if raster is not None
-               else rasterize(v2, z, faces, size, supersample, candidates))
+               else rasterize(v2, z, faces, size, supersample))
     S = size * supersample
     pix = torch.nonzero(fmap >= 0)[:, 0]
     tri = faces[fmap[pix]]
@@ -519,15 +537,15 @@ class FrameProblem:
     def render(self, e, refresh: bool = False):
         C = self.camera_points(e)
         uv = self._with_caps(self.to_crop(self.project(C)))
-        if refresh or getattr(self, "cand", None) is None:
-            self.cand = nearest_faces(uv.detach(), self.faces, 64, self.s.candidates)
         zs = self._with_caps(C[:, 2] * self.cam[0] * (64.0 / self.box[2]), self.cap_dz)
         if self.s.renderer == "warp":
             if refresh or getattr(self, "raster", None) is None:
                 self.raster = rasterize(uv.detach(), zs.detach(), self.faces, 64,
-                                        self.s.supersample, self.cand)
+                                        self.s.supersample)
             return render_warp(uv, zs, self.faces, self.texture, 64, self.s.supersample,
                                self.background, raster=self.raster)
+        if refresh or getattr(self, "cand", None) is None:
+            self.cand = nearest_faces(uv.detach(), self.faces, 64, self.s.candidates)
         return render(uv, zs, self.colors, self.faces, 64, self.s.sigma, self.s.gamma,
                       self.background, self.cand, self.texture)
 
@@ -575,7 +593,7 @@ class FrameProblem:
         fresh, stale = [], []           # (loss, iterate): on a fresh raster / a stale one
         for it in range(iterations):
             e = self.expression(x)
-            refresh = it % 10 == 0
+            refresh = it % self.s.refresh_every == 0
             d = self.feat_dist(e, refresh=refresh)
             loss = d + self.s.reg * (e ** 2).sum()
             if self.s.landmark_weight:
