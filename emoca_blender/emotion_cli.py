@@ -1,5 +1,5 @@
-"""The emotion commands of the CLI (EMOCA's "EMO"): ``emotion-train``, ``retrieve`` and
-``refine``. Registered on ``python -m emoca_blender`` by :func:`add_parsers`.
+"""The emotion commands of the CLI (EMOCA's "EMO"): ``emotion-train``, ``emotion-predict``,
+``retrieve`` and ``refine``. Registered on ``python -m emoca_blender`` by :func:`add_parsers`.
 
 * ``emotion-train TABLE.csv -o MODEL.pt``: train the 3DMM emotion MLP
   (:mod:`emotion_mlp`) on a labelled table of captures (CSV columns ``capture``,
@@ -9,6 +9,8 @@
   (:mod:`emotion_retrieval`).
 * ``refine CAPTURE -o OUT``: emotion-consistent expression (supplementary Eq. 1,
   :mod:`emotion_refine`) on keyframes, written as a new capture.
+* ``emotion-predict CAPTURE --model MODEL.pt [-o OUT]``: apply a trained emotion MLP to
+  a capture and write its per-frame ``valence`` and ``arousal`` (in place without ``-o``).
 
 Bad input (missing files, a capture without emotion features, frames out of range...) is
 one line on stderr and exit code 2, like every other command.
@@ -91,6 +93,86 @@ def cmd_emotion_train(args, progress) -> int:
     return 0
 
 
+# -- emotion-predict -------------------------------------------------------------------------
+
+def predicted_capture(cap, mlp, model_path) -> tuple:
+    """``cap`` with the MLP's ``valence`` and ``arousal`` for every frame and the model
+    recorded in meta (``emotion_mlp``). Frames without a face (``valid`` False) hold the
+    nearest predicted value, as every capture array does (the format allows no NaN).
+    Returns (capture, mask of the predicted frames)."""
+    from .emotion_mlp import capture_inputs
+    from .filters import fill_gaps
+
+    if not mlp.input_names:
+        raise BadInput("the emotion MLP records no input names, so its inputs cannot be "
+                       "matched to the capture's; train it with emotion-train")
+    use_jaw = "jaw_rx" in mlp.input_names
+    X, names = capture_inputs(cap, use_jaw)
+    want = tuple(mlp.input_names)
+    if tuple(names) != want:
+        if len(want) == len(names):
+            i = next(i for i, (a, b) in enumerate(zip(want, names)) if a != b)
+            what = (f"the emotion MLP's {len(want)} inputs ({_input_parts(want)}) are not the "
+                    f"capture's: input {i} is {want[i]!r} in the model, {names[i]!r} in the "
+                    "capture")
+        else:
+            what = (f"the emotion MLP takes {len(want)} inputs ({_input_parts(want)}) but the "
+                    f"capture gives {len(names)} ({_input_parts(names)})")
+        raise BadInput(f"{what}: the model was trained on captures of another backend or head "
+                       "model; use one trained (emotion-train) on captures like this one")
+    valid = np.asarray(cap["valid"], bool)
+    if not valid.any():
+        raise BadInput("the capture has no frame with a face; nothing to predict")
+    pred = mlp.predict(X[valid])
+    va = np.zeros((cap.n_frames, 2), np.float32)
+    va[valid] = np.stack([pred["valence"], pred["arousal"]], 1)
+    va, _, _ = fill_gaps(va, valid, 0)          # gaps hold the last prediction
+    record = {"model": str(Path(model_path).resolve()), "classes": list(mlp.class_names),
+              "jaw": use_jaw}
+    new = updated_capture(cap, {"valence": va[:, 0], "arousal": va[:, 1]},
+                          {"emotion_mlp": record})
+    return new, valid
+
+
+def _input_parts(names) -> str:
+    """'S identity + K expression [+ jaw]' for a list of MLP input names."""
+    n_shape = sum(1 for n in names if n.startswith("shape") and n[5:].isdigit())
+    jaw = "jaw_rx" in names
+    return f"{n_shape} identity + {len(names) - n_shape - 3 * jaw} expression" + \
+        (" + jaw" if jaw else "")
+
+
+def cmd_emotion_predict(args, progress) -> int:
+    from . import capture_file, emotion_mlp
+    from .pipeline import check_output, output_path
+
+    src = Path(args.capture)
+    out = output_path(args.output) if args.output else src     # in place: atomic rewrite
+    check_output(out)
+    mlp = emotion_mlp.EmotionMLP.load(args.model)
+    cap = _load(src)
+    if progress.mode == "json":
+        progress.stage("predict", cap.n_frames)
+    with emotion_mlp.torch_threads(args.threads):
+        new, valid = predicted_capture(cap, mlp, args.model)
+    capture_file.save_capture(new, out)
+    n = int(valid.sum())
+    info = {"output": str(out), "frames": cap.n_frames, "predicted": n,
+            "mean_valence": round(float(new["valence"][valid].mean()), 4),
+            "mean_arousal": round(float(new["arousal"][valid].mean()), 4),
+            "jaw": new.meta["emotion_mlp"]["jaw"]}
+    if progress.mode == "json":
+        progress.update(cap.n_frames, cap.n_frames)
+    progress.done(**info)
+    if progress.mode != "json":
+        held = cap.n_frames - n
+        print(f"wrote {out}: valence and arousal predicted for {n} of {cap.n_frames} frames"
+              + (f" ({held} without a face hold the nearest)" if held else "")
+              + f", mean valence {info['mean_valence']:+.3f}, arousal "
+              f"{info['mean_arousal']:+.3f}")
+    return 0
+
+
 # -- retrieve --------------------------------------------------------------------------------
 
 def cmd_retrieve(args, progress) -> int:  # noqa: ARG001 - CLI signature
@@ -169,19 +251,23 @@ def _parse_frames(text: str) -> list[int]:
     return out
 
 
+def updated_capture(cap, arrays: dict, meta: dict):
+    """A copy of ``cap`` with some arrays and meta entries replaced or added."""
+    from . import capture_file
+
+    new_arrays = {k: np.array(v) for k, v in cap.arrays.items()}
+    new_arrays.update(arrays)
+    return capture_file.make_capture(new_arrays, {**cap.meta, **meta}, dict(cap.names))
+
+
 def refined_capture(cap, expression: np.ndarray, summary: dict, settings: dict):
     """A copy of ``cap`` with the refined expression (and, for the open head model whose
     expression basis is ARKit, the ARKit curves too), the refinement recorded in meta."""
-    from . import capture_file
-
-    arrays = {k: np.array(v) for k, v in cap.arrays.items()}
-    arrays["expression"] = expression
+    arrays = {"expression": expression}
     if tuple(cap.names.get("expression", ())) == tuple(cap.names.get("arkit", ())):
         arrays["arkit"] = np.clip(expression, 0.0, 1.0)
-    meta = dict(cap.meta)
-    meta["emotion_refine"] = {"settings": settings, "summary": summary}
-    names = {k: v for k, v in cap.names.items()}
-    return capture_file.make_capture(arrays, meta, names)
+    return updated_capture(cap, arrays,
+                           {"emotion_refine": {"settings": settings, "summary": summary}})
 
 
 def cmd_refine(args, progress) -> int:
@@ -259,7 +345,8 @@ def cmd_refine(args, progress) -> int:
 # -- parsers ---------------------------------------------------------------------------------
 
 def add_parsers(sub) -> None:
-    """Register ``emotion-train``, ``retrieve`` and ``refine`` on the CLI's subparsers."""
+    """Register ``emotion-train``, ``emotion-predict``, ``retrieve`` and ``refine`` on the
+    CLI's subparsers."""
     p = sub.add_parser(
         "emotion-train", help="train the emotion MLP on a labelled table of captures",
         description="Train the 3DMM emotion MLP (identity + expression + jaw -> valence, "
@@ -281,6 +368,23 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
     p.set_defaults(func=cmd_emotion_train)
+
+    p = sub.add_parser(
+        "emotion-predict", help="valence and arousal of a capture from a trained emotion MLP",
+        description="Apply an emotion MLP trained by emotion-train to a capture: per-frame "
+                    "valence and arousal from its identity + expression (+ jaw, when the model "
+                    "was trained with it), written into the capture's valence/arousal arrays "
+                    "(Blender keys them as custom properties). Frames without a face hold the "
+                    "nearest prediction. Without -o the capture is rewritten in place "
+                    "(atomically). The model must have been trained on captures of the same "
+                    "backend and head model.")
+    p.add_argument("capture", help="input .capture.npz")
+    p.add_argument("--model", required=True, metavar="MODEL.pt",
+                   help="emotion MLP written by emotion-train")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .capture.npz (default: rewrite the input in place)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.set_defaults(func=cmd_emotion_predict)
 
     p = sub.add_parser(
         "retrieve", help="frames that feel like a given frame (emotion-feature neighbours)",

@@ -92,10 +92,16 @@ class EmotionMLP:
         import torch
 
         p = Path(path)
-        torch.save({"state_dict": self.model.state_dict(), "mean": self.mean, "std": self.std,
-                    "class_names": list(self.class_names),
-                    "input_names": list(self.input_names),
-                    "hidden": self.model[0].out_features, "history": self.history}, p)
+        # tensors, strings and numbers only: the file loads with torch's weights_only
+        # loader, which never runs code from the file (a shared .pt is safe to open)
+        history = [{str(k): (int(v) if k == "epoch" else float(v)) for k, v in rec.items()}
+                   for rec in self.history]
+        torch.save({"state_dict": self.model.state_dict(),
+                    "mean": torch.as_tensor(np.asarray(self.mean, np.float32)),
+                    "std": torch.as_tensor(np.asarray(self.std, np.float32)),
+                    "class_names": [str(c) for c in self.class_names],
+                    "input_names": [str(c) for c in self.input_names],
+                    "hidden": int(self.model[0].out_features), "history": history}, p)
         return p
 
     @classmethod
@@ -105,11 +111,32 @@ class EmotionMLP:
         p = Path(path)
         if not p.is_file():
             raise BadInput(f"emotion MLP file {p} not found")
-        d = torch.load(p, map_location="cpu", weights_only=False)
-        m = build_mlp(len(d["mean"]), len(d["class_names"]), d["hidden"])
-        m.load_state_dict(d["state_dict"])
-        return cls(m.eval(), np.asarray(d["mean"]), np.asarray(d["std"]),
-                   tuple(d["class_names"]), tuple(d["input_names"]), d.get("history", []))
+        what = f"{p.name} is not an emotion MLP written by emotion-train"
+        try:
+            d = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickle/zip errors of any kind
+            raise BadInput(f"{what} ({_first_line(e)})") from None
+        need = ("state_dict", "mean", "std", "class_names", "input_names", "hidden")
+        if not isinstance(d, dict) or not all(k in d for k in need):
+            keys = sorted(map(str, d)) if isinstance(d, dict) else type(d).__name__
+            raise BadInput(f"{what} (it needs the keys {list(need)}; it holds {keys})")
+        try:
+            m = build_mlp(len(d["mean"]), len(d["class_names"]), int(d["hidden"]))
+            m.load_state_dict(d["state_dict"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise BadInput(f"{what} (its weights do not fit its sizes: {_first_line(e)})") \
+                from None
+        mean, std = np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32)
+        return cls(m.eval(), mean, std, tuple(d["class_names"]), tuple(d["input_names"]),
+                   d.get("history", []))
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one short line (torch's messages run over several)."""
+    text = " ".join(str(e).split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _softmax(z):

@@ -8,16 +8,15 @@ by gradient descent (Adam) from e0, where A is the emotion network's feature
 (:mod:`emotion`, the penultimate activation) and ``render`` is a differentiable renderer
 of the head model producing the 64x64 grayscale face crop the network reads. Only the
 expression changes: the head pose, the camera and the jaw stay as captured (for the open
-head model's ARKit basis the jaw* components are the jaw, and the eyeLook* components are
-the gaze: both are held fixed).
+head model's ARKit basis the jaw* components are the jaw and the eyeLook* components the
+gaze; tongueOut is held too, as the model has no tongue).
 
 Deviation from Eq. 1 as written (on by default, ``landmark_weight=0`` turns it off): a
 landmark consistency term ``w * mean_l ||P(e)_l - x_l||`` (the head model's landmarks
 projected by the frame's camera against the captured 2-D landmarks, in crop pixels,
-w = 0.5; 0.3 before the changes measured below) is added, so that the emotion is fitted
-without drifting from the face's geometry (EMOCA trains with landmark losses beside its
-emotion loss; the supplementary's test-time optimisation lists only the emotion and
-regularisation terms).
+w = 0.5) is added, so that the emotion is fitted without drifting from the face's geometry
+(EMOCA trains with landmark losses beside its emotion loss; the supplementary's test-time
+optimisation lists only the emotion and regularisation terms).
 
 Renderer (plain torch, no pytorch3d), in the same 64x64 grayscale crop box the emotion
 network reads for the input (the box from the frame's captured landmarks,
@@ -25,20 +24,20 @@ network reads for the input (the box from the frame's captured landmarks,
 then identical and the distance measures the face). The camera is weak-perspective: the
 captured head rotation, with scale and image offset fitted to the captured 2-D landmarks.
 
-* ``renderer="warp"`` (the default, :func:`render_warp`): hard visibility (the nearest
-  covering triangle per sub-pixel, no gradient) and a differentiable texture warp (the
-  sub-pixel's barycentric coordinates in its triangle, differentiable in the vertices,
-  interpolate texture coordinates; the texture is sampled bilinearly), 2x2 supersampled
-  and box-filtered to 64x64 as ``cv2.INTER_AREA`` makes the input crop. The texture is a
-  256x256 crop of the texture frame, so the rendering is as sharp as the input: rendered
-  with the refined frame's own crop as texture at the captured expression, the feature
-  distance to the input is 0.06-0.13 on the MEAD keyframes (measured before the holes
-  were capped; the soft rasterizer: 1.5-2.2, about the size of the feature itself). Gradients reach the expression through the
-  interior of the face (moving a vertex moves the texture under the pixels); the mesh's
-  outline against the background has none.
+* ``renderer="warp"`` (the default, :func:`render_warp`): hard visibility from an exact
+  rasterizer (:func:`rasterize`: every triangle against the sub-pixels of its bounding box,
+  the covering triangle nearest the viewer wins; no gradient) and a differentiable texture
+  warp (the sub-pixel's barycentric coordinates in its triangle, differentiable in the
+  vertices, interpolate texture coordinates; the texture is sampled bilinearly), 2x2
+  supersampled and box-filtered to 64x64 as ``cv2.INTER_AREA`` makes the input crop. The
+  texture is a 256x256 crop, so the rendering is as sharp as the input. Gradients reach
+  the expression through the interior of the face (moving a vertex moves the texture under
+  the pixels); the mesh's outline against the background has none.
 * ``renderer="soft"`` (:func:`render`): a soft rasterizer (SoftRas-style: per-triangle
   sigmoid coverage of the signed distance to the triangle's edges, a soft z-buffer, alpha =
-  the summed coverage, clamped to 1), directly at 64x64. Blurry at that size (see above).
+  the summed coverage, clamped to 1), directly at 64x64. Blurry at that size: rendered with
+  the frame's own crop as texture at the captured expression, its feature distance to the
+  input is 1.5-2.2 (the warp's: 0.06-0.13), about the size of the feature itself.
 
 Appearance (``appearance="neutral"``, the default): the face is textured with the actor's
 *neutral* frame (the capture's calibration neutral), mapped through the head model at that
@@ -46,77 +45,36 @@ frame's expression and pose, so the rendering carries emotion only through the e
 geometry, never by copying the refined frame's pixels; ``"frame"``: the refined frame
 itself (as the texture for ``warp``; as per-vertex gray levels sampled at the captured
 expression for ``soft``). The mesh's holes (the mouth opening, the eye openings around the
-iris discs) are capped for rendering (:func:`hole_caps`: a fan of triangles over each inner
-boundary loop, textured like the rest), so no pixel of the refined frame shows through the
-face. Before the caps, the input crop showed through the mouth and eye holes and part of
-the measured drop was the optimiser opening the mouth onto the input's own pixels (teeth
-in a smile): with the caps the bench's drops fell from 31-51% to 18-37%. A dark mouth
-cavity instead of the textured cap was tried and did worse (13-32%). For the warp renderer
-the caps have their own vertices, drawn behind the mesh (``caps_behind``), so that a cap
-shows only through its hole: in place, the fan over the non-convex mouth rim overlapped
-the lips and won the z-test on 22-40 of the 140-325 sub-pixels the caps covered per MEAD
-keyframe (at the captured expression).
+iris discs) are capped (:func:`hole_caps`: a fan over each inner boundary loop, textured
+like the rest) and, for the warp renderer, the caps get their own vertices drawn behind
+the mesh (``caps_behind``), so a cap shows only through its hole (in place, the fan over
+the non-convex mouth rim overlapped the lips). No pixel of the refined frame shows through
+the face: a test checks that the capped head's coverage has no hole. (Two leaks were found
+and closed: the uncapped holes, and a rasterizer that tested only the 16 triangles with
+the nearest centroids per pixel and so missed the caps' large triangles; each had let the
+input's own teeth show through the mouth and inflated the measured drop. The history is in
+docs/emotion_refine.md.)
 
 Optimiser: Adam from e0, twice -- 120 iterations at learning rate 0.05, and 60 at 0.1
 (``second_lr``; None: one run) -- keeping the better result; the free components are
 clamped to [0, 1] after each step (a projection: a component at a bound leaves it as soon
 as its gradient turns, where a sigmoid parameterisation would flatten the gradient near
-the bounds); the warp's raster is refreshed every ``refresh_every`` steps (1 since the
-exact rasterizer made a raster cost 4-5 ms; the figures below used 10);
-the best iterate (by the full loss, as below) is kept, and a result worse than the capture
-under the full loss (fresh raster) is replaced by the capture. Between refreshes the loss is
-measured on a stale raster (the warp extrapolated) and the optimiser exploits it: on a
-surprised keyframe it fell 1.11 -> 0.97 over 9 steps and read 1.25 at the next refresh.
-So each run's iterate is chosen by fresh losses only: those of the refresh steps, the
-last iterate's, and the ``recheck`` = 8 best stale iterates re-measured on a fresh raster.
-The landscape is also discontinuous under fresh rasters (refreshing every 3 steps did not
-help; with a refresh at every step, Adam steps of 0.01 raised the distance): a single
-bright pixel of the neutral frame's teeth in the mouth cap appearing or vanishing as a lip
-edge crosses a sub-pixel moved the distance by 0.14-0.2 in one step of 0.01 per
-component. Measured on the MEAD keyframes
-(bench/emotion_refine.py): the landscape is rough -- at lr 0.1 the distance can double
-within a few steps, and normalised gradient descent with backtracking stops in the nearest
-local minimum (on one keyframe at once: the gradient was no descent direction beyond steps
-of ~1e-3) -- so Adam's coarse steps and keeping the best iterate matter, and the outcome
-moves by several points of drop under tiny changes (a 4% texture gain: 22% -> 16% on the
-surprised clip). Tried against one 60-iteration run at lr 0.05 and not better beyond that
-spread: 3 restarts from perturbed captures, Adam betas (0.5, 0.9), the best of three
-30-iteration runs at learning rates 0.02/0.05/0.1, a lower bound of -1 instead of 0, a
-per-frame gain/offset of the texture; worse: cosine learning-rate decay, coarse-to-fine blurring of
-both images, and a hard landmark budget (projection onto "error <= 1.1x the capture's",
-or a penalty on the excess only) in place of the fixed landmark weight (drops 15-39%
-against 23-52% with the weight). 120 iterations instead of 60 gained 0.5-6 points; the
-second run at lr 0.1 (the better of the two per keyframe) gained 3.5 points on the
-surprised clip (27.3% -> 30.8%) and moved the others by -0.5..+0.4, for 1.5x the time (all
-of these were measured with the leaky renderer).
+the bounds). The raster is refreshed every ``refresh_every`` = 1 steps (4-5 ms); with
+larger values the loss between refreshes is measured on a stale raster (the warp
+extrapolated), which the optimiser learns to exploit, so each run's iterate is then chosen
+by fresh losses only (the refresh steps', the last iterate's, and the ``recheck`` best
+stale iterates re-measured). The best iterate by the full loss is kept, and a result worse
+than the capture under the full loss is replaced by the capture. The landscape is rough
+(hard visibility: a lip edge crossing a sub-pixel of the mouth cap moves the distance by
+0.1-0.2 in one small step), so Adam's coarse steps and keeping the best iterate matter.
 
-Re-measured after the caps (bench keyframes, drop / landmark rise per clip, angry,
-surprised, neutral, happy; repeated runs of the same settings differ by up to ~3 points of
-drop, as the optimisation is chaotic): the settings before this round (fan caps in place,
-no recheck, w = 0.3; four runs): 35-37/+0..+6, 19-21/-3..-1, 29-32/-3..+3, 17-18/+7..+13;
-with w = 0.3: caps behind alone 39/+1, 20/+1, 29/-2, 20/+14; recheck 8 alone 37/+0, 26/+1,
-32/+1, 24/+16; both 41/+1, 28/-0, 30/-2, 24/+16; both with w = 0.5 (the default now):
-36.5-37/-4, 29/-4, 29-34/-3..-1, 24.5/+10.5 (the refined distances 0.68, 0.78, 0.69-0.74,
-1.39 against 0.68, 0.87-0.89, 0.70-0.73, 1.47-1.54 before, at 1.25x the time; Eq. 1 as
-written, w = 0: 40/+8, 13/+4, 32/+10, 23/+24); w = 0.6: 37/-7, 22/-5, 31/-6, 25/+6;
-w = 0.7: 36/-4, 24/-7, 31/-7, 24/+6; recheck 20: no better than 8; refresh every 5 steps: no
-better, 1.15x the time. Not better: 240 iterations instead of 120 (39/+0, 19/-2, 31/+2,
-20/+17, 2x the time); a third run at lr 0.2; the landmark term as the excess over the
-capture's error only (38/+7, 17/+1, 33/+5, 20/+14); supersampling 3 (39, 17, 31, 19; 1.5x
-the time); a shading term fitted once at the capture to the input outside the eyes and
-mouth (first-order terms of the model's normals, so it varies with the expression, and an
-offset): the fit moved the distance at the capture by at most 0.07 (the neutral frame's
-lighting matches the clip's) and the drops were 37, 16, 32, 21; caps triangulated by
-zipping the two sides of each rim from its leftmost corner instead of a fan (36, 24, 28,
-23, the happy landmark rise +20%); a fixed mouth interior (upper teeth at a bright level of
-the neutral texture over the upper part of the gap, a dark cavity below; 32, 21, 31, 18
-with the teeth over 40% of the gap) instead of the textured mouth cap: it raises the
-distance at the capture (angry 1.07 -> 1.30, neutral 1.04 -> 1.33) and lowers the refined
-one only on the happy clip, so its larger relative drops (32, 31, 36, 1 with the teeth at
-the brightest level over 60% of the gap) are not a better fit; with no teeth (a dark
-cavity, caps behind): 33, 26, 24, 15. The main gap that remains is the input's teeth and
-mouth opening (happy, surprised): the captured jaw is held and the neutral texture has at
-most a sliver of teeth.
+Measured (``python bench/emotion_refine.py``, 3 keyframes in the middle third of each MEAD
+clip; figures in docs/bench.md; what was tried and measured on the way, with the renderer
+each figure came from, in docs/emotion_refine.md): the feature distance falls by about
+38% (angry), 24% (neutral), 27% (surprised) and 23% (happy), against a 30% target met on
+one clip; the landmark error moves by -4% to +11%. What limits it: the head model has no
+teeth and no mouth interior and the jaw is held as captured, while the happy and surprised
+inputs show teeth in an open mouth.
 
 Options: per frame or on keyframes (every k-th valid frame, the change interpolated
 between); ``strength`` scales the change (0 = the capture, 1 = the optimum). Off by

@@ -20,6 +20,7 @@ MODULES = (
     "ops_export",
     "ops_livelink",
     "ops_emotion",
+    "ops_emotion_jobs",
 )
 
 _registered: list = []

@@ -216,47 +216,43 @@ def _over_sidebar(context, event) -> bool:
 # Operators
 
 
-class EMOCA_OT_capture(bpy.types.Operator):
-    """Capture the actor's face from the video into a .capture.npz file, in a separate worker
-    process (Esc cancels)"""
+class WorkerJobOperator:
+    """The modal machinery of an operator that runs one worker command: start it, follow its
+    JSON progress on a timer (the sidebar's progress bar), Esc / right-click over the sidebar
+    / Cancel stop it and delete its partial output, a failure saves the worker's log. A
+    mixin (not a bpy.types.Operator: Blender registers each operator class on its own);
+    an operator adds ``bpy.types.Operator`` and defines ``noun``, ``_problem`` (classmethod:
+    why it cannot start), ``_command`` (command line, output file, status line) and
+    ``_done`` (apply the finished job to the scene; returns the status line). One worker
+    job runs at a time (``active_job``)."""
 
-    bl_idname = "emoca.capture"
-    bl_label = "Capture Face from Video"
-    bl_options = {'REGISTER'}
-
+    noun = "Job"
     _timer = None
     _job = None
 
     @classmethod
     def poll(cls, context):
-        problem = capture_problem(context)
-        return properties.poll_ok(cls, problem)
+        return properties.poll_ok(cls, cls._problem(context))
 
     # -- start ---------------------------------------------------------------------------
 
     def _start(self, context) -> worker.WorkerJob | None:
         props = context.scene.emoca
-        # Checked again here: the video or the worker Python may have gone since poll().
-        problem = capture_problem(context)
+        # Checked again here: the inputs or the worker Python may have gone since poll().
+        problem = self._problem(context)
         if problem:
-            self.report({'ERROR'}, f"Cannot capture: {problem}")
+            self.report({'ERROR'}, f"{self.noun} cannot start: {problem}")
             props.last_error = problem
-            props.status = "Capture not started"
+            props.status = f"{self.noun} not started"
             return None
-        video = properties.abspath(props.video_path)
-        out = output_path(props)
-        python, _source = properties.worker_python(context)
-        cmd = worker.capture_command(
-            python, video, out, backend=props.backend, device=properties.device(context),
-            face_index=props.face_index, filter_strength=props.filter_strength,
-            cache_dir=properties.cache_folder(context))
+        cmd, out, status = self._command(context)
         job = worker.WorkerJob(cmd, output=out)
         try:
             job.start()
         except worker.WorkerError as e:
             self.report({'ERROR'}, str(e))
             props.last_error = str(e)
-            props.status = "Capture not started"
+            props.status = f"{self.noun} not started"
             return None
         _ACTIVE["job"] = job
         _ACTIVE["last"] = job
@@ -266,7 +262,7 @@ class EMOCA_OT_capture(bpy.types.Operator):
         props.progress_text = "starting the worker"
         props.fps = 0.0
         props.eta = -1.0
-        props.status = f"Capturing {os.path.basename(video)}"
+        props.status = status
         props.last_error = ""
         props.last_log = ""
         return job
@@ -294,7 +290,7 @@ class EMOCA_OT_capture(bpy.types.Operator):
             now = time.monotonic()
             if now - last[0] > 1.0:
                 last[0] = now
-                print(f"EMOCA capture: {j.progress.text()}", flush=True)
+                print(f"EMOCA {self.noun.lower()}: {j.progress.text()}", flush=True)
 
         try:
             job.wait(on_progress=show)
@@ -342,31 +338,64 @@ class EMOCA_OT_capture(bpy.types.Operator):
         props.is_capturing = False
         try:
             if job.state == worker.DONE:
-                props.capture_path = str(job.output)
                 props.progress = 1.0
-                meta = capture_summary(str(job.output))
-                text = summary_text(meta) if meta else "done"
-                cached = any(e.get("stage") == "done" and e.get("cached") for e in job.events)
-                props.status = f"Captured {os.path.basename(str(job.output))}: {text}" + \
-                    (" (from cache)" if cached else "")
+                props.status = self._done(context, job)
                 props.progress_text = ""
                 self.report({'INFO'}, props.status)
                 return {'FINISHED'}
             if job.state == worker.CANCELLED:
-                props.status = "Capture cancelled"
+                props.status = f"{self.noun} cancelled"
                 props.progress_text = ""
-                self.report({'WARNING'}, "Capture cancelled; partial output deleted")
+                self.report({'WARNING'}, f"{self.noun} cancelled; partial output deleted")
                 return {'CANCELLED'}
             log = job.save_log()
             props.last_error = job.error or "the worker failed"
             props.last_log = str(log) if log else ""
-            props.status = "Capture failed"
+            props.status = f"{self.noun} failed"
             props.progress_text = ""
             where = f" (log: {log})" if log else ""
-            self.report({'ERROR'}, f"Capture failed: {props.last_error}{where}")
+            self.report({'ERROR'}, f"{self.noun} failed: {props.last_error}{where}")
             return {'CANCELLED'}
         finally:
             tag_redraw(context)
+
+
+class EMOCA_OT_capture(WorkerJobOperator, bpy.types.Operator):
+    """Capture the actor's face from the video into a .capture.npz file, in a separate worker
+    process (Esc cancels)"""
+
+    bl_idname = "emoca.capture"
+    bl_label = "Capture Face from Video"
+    bl_options = {'REGISTER'}
+
+    noun = "Capture"
+
+    @classmethod
+    def _problem(cls, context) -> str | None:
+        """Why the job cannot start now (one sentence, shown as the disabled reason)."""
+        return capture_problem(context)
+
+    def _command(self, context) -> tuple[list[str], str, str]:
+        """(worker command line, its output file, the status line while it runs)."""
+        props = context.scene.emoca
+        video = properties.abspath(props.video_path)
+        out = output_path(props)
+        python, _source = properties.worker_python(context)
+        cmd = worker.capture_command(
+            python, video, out, backend=props.backend, device=properties.device(context),
+            face_index=props.face_index, filter_strength=props.filter_strength,
+            cache_dir=properties.cache_folder(context))
+        return cmd, out, f"Capturing {os.path.basename(video)}"
+
+    def _done(self, context, job) -> str:
+        """Apply a finished job to the scene; returns the status line."""
+        props = context.scene.emoca
+        props.capture_path = str(job.output)
+        meta = capture_summary(str(job.output))
+        text = summary_text(meta) if meta else "done"
+        cached = any(e.get("stage") == "done" and e.get("cached") for e in job.events)
+        return f"Captured {os.path.basename(str(job.output))}: {text}" + \
+            (" (from cache)" if cached else "")
 
 
 class EMOCA_OT_cancel_capture(bpy.types.Operator):

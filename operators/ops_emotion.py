@@ -193,6 +193,21 @@ class EMOCA_EmotionSettings(bpy.types.PropertyGroup):
     active_match: IntProperty(name="Match", default=0, min=0)
     query_frame: IntProperty(name="Query Frame", default=-1)
     status: StringProperty(name="Status", default="")
+    # emotion jobs in the worker (ops_emotion_jobs)
+    refine_keyframes: IntProperty(
+        name="Every", description="Refine every this many measured frames; the change is "
+        "interpolated between (1: every frame, about 4 s each on a CPU core)", default=5,
+        min=1, soft_max=30)
+    refine_strength: FloatProperty(
+        name="Strength", description="How much of the refined change to apply (0: the "
+        "capture, 1: the optimum)", default=1.0, min=0.0, max=1.0, subtype='FACTOR')
+    train_table: StringProperty(
+        name="Training Table", description="Labelled table of captures (CSV with the columns "
+        "capture,valence,arousal,label[,start,end]; capture paths relative to the CSV)",
+        subtype='FILE_PATH', default="")
+    mlp_path: StringProperty(
+        name="Emotion MLP", description="The trained emotion MLP (.pt): written by Train, "
+        "read by Predict", subtype='FILE_PATH', default="")
 
 
 # -- operators -------------------------------------------------------------------------------

@@ -132,6 +132,15 @@ BACKENDS: tuple[Backend, ...] = (
 )
 
 
+def core_command(python: str, command: str, *args: str) -> list[str]:
+    """A worker command line for any of the core CLI's commands, with JSON progress::
+
+        python -u -m emoca_blender COMMAND ARGS... --progress json
+    """
+    return [str(python), "-u", "-m", "emoca_blender", command, *map(str, args),
+            "--progress", "json"]
+
+
 def capture_command(python: str, video: str | os.PathLike, output: str | os.PathLike, *,
                     backend: str = "mediapipe", device: str = "auto", face_index: int = 0,
                     filter_strength: float = 0.5, cache_dir: str | os.PathLike | None = None,
@@ -141,14 +150,41 @@ def capture_command(python: str, video: str | os.PathLike, output: str | os.Path
         python -u -m emoca_blender capture VIDEO -o OUT --backend B --progress json
                --device D --face-index I --filter S [--cache-dir DIR]
     """
-    cmd = [str(python), "-u", "-m", "emoca_blender", "capture", str(video),
-           "-o", str(output), "--backend", backend, "--progress", "json",
-           "--device", device or "auto", "--face-index", str(int(face_index)),
-           "--filter", f"{min(max(float(filter_strength), 0.0), 1.0):g}"]
+    cmd = core_command(python, "capture", str(video), "-o", str(output), "--backend", backend,
+                       "--device", device or "auto", "--face-index", str(int(face_index)),
+                       "--filter", f"{min(max(float(filter_strength), 0.0), 1.0):g}")
     if cache_dir:
         cmd += ["--cache-dir", str(cache_dir)]
     cmd += list(extra)
     return cmd
+
+
+def refine_command(python: str, capture: str | os.PathLike, output: str | os.PathLike, *,
+                   keyframes: int = 5, strength: float = 1.0,
+                   video: str | os.PathLike | None = None,
+                   iterations: int | None = None) -> list[str]:
+    """Emotion-consistent refinement of a capture into a new capture (``refine``)."""
+    args = [str(capture), "-o", str(output), "--keyframes", str(max(1, int(keyframes))),
+            "--strength", f"{min(max(float(strength), 0.0), 1.0):g}"]
+    if video:
+        args += ["--video", str(video)]
+    if iterations:
+        args += ["--iterations", str(int(iterations))]
+    return core_command(python, "refine", *args)
+
+
+def emotion_train_command(python: str, table: str | os.PathLike,
+                          output: str | os.PathLike, *, max_epochs: int = 200) -> list[str]:
+    """Train the emotion MLP on a labelled table of captures (``emotion-train``)."""
+    return core_command(python, "emotion-train", str(table), "-o", str(output),
+                        "--max-epochs", str(max(1, int(max_epochs))))
+
+
+def emotion_predict_command(python: str, capture: str | os.PathLike,
+                            model: str | os.PathLike) -> list[str]:
+    """Valence and arousal of every frame from a trained MLP, written into the capture
+    (``emotion-predict``, in place)."""
+    return core_command(python, "emotion-predict", str(capture), "--model", str(model))
 
 
 # --------------------------------------------------------------------------------------

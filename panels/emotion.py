@@ -5,11 +5,109 @@ matches (a pose-library helper)."""
 import bpy
 
 try:
-    from ..operators import ops_emotion
+    from ..operators import ops_capture, ops_emotion, ops_emotion_jobs
     from .sidebar import _EmocaPanel, _button, _reason
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
-    from operators import ops_emotion
+    from operators import ops_capture, ops_emotion, ops_emotion_jobs
     from panels.sidebar import _EmocaPanel, _button, _reason
+
+
+def _settings_box(layout, title: str, icon: str, data, names):
+    box = layout.box()
+    box.label(text=title, icon=icon)
+    col = box.column()
+    col.use_property_split = True
+    col.use_property_decorate = False
+    for name in names:
+        col.prop(data, name)
+    return box
+
+
+def draw_jobs(context, layout):
+    """Refinement and the emotion MLP (worker jobs), with the running job's progress."""
+    es = context.scene.emoca_emotion
+    job = ops_capture.active_job()
+    props = context.scene.emoca
+    box = _settings_box(layout, "Emotion-Consistent Expression", 'SHADERFX', es,
+                        ("refine_keyframes", "refine_strength"))
+    _button(box, "emoca.emotion_refine",
+            ops_emotion_jobs.EMOCA_OT_emotion_refine._problem(context), icon='SHADERFX')
+    box = _settings_box(layout, "Valence and Arousal (Emotion MLP)", 'NETWORK_DRIVE', es,
+                        ("mlp_path", "train_table"))
+    row = box.row(align=True)
+    reasons = []
+    for cls, icon in ((ops_emotion_jobs.EMOCA_OT_emotion_train, 'EXPERIMENTAL'),
+                      (ops_emotion_jobs.EMOCA_OT_emotion_predict, 'PLAY')):
+        reason = cls._problem(context)
+        sub = row.row(align=True)
+        sub.enabled = reason is None
+        sub.operator(cls.bl_idname, icon=icon)
+        if reason and job is None:
+            reasons.append(f"{cls.bl_label}: {reason}")
+    for reason in reasons:
+        _reason(box, reason)
+    if job is not None:
+        p = job.progress
+        layout.progress(factor=p.factor, type='BAR', text=p.text())
+        layout.operator("emoca.cancel_capture", text="Cancel", icon='CANCEL')
+    elif props.status.startswith(("Refine", "Train", "Predict", "Valence", "Wrote")):
+        failed = props.status.endswith(("failed", "not started"))
+        layout.label(text=props.status, icon='ERROR' if failed else 'CHECKMARK')
+        if failed and props.last_error:
+            err = layout.box()
+            err.alert = True
+            err.label(text=props.last_error, icon='ERROR')
+
+def draw_curves(context, layout, tl):
+    scene = context.scene
+    props, es = scene.emoca, scene.emoca_emotion
+    classes, n = tl["classes"], tl["n"]
+    f = scene.frame_current - props.frame_start
+    layout.label(text=f"Emotion over {n} frames (dominant class)", icon='SEQUENCE')
+    row = layout.row(align=True)
+    for first, last, c in tl["segments"]:
+        box = row.row(align=True)
+        box.ui_units_x = max(1.0, 12.0 * (last - first + 1) / max(n, 1))
+        name = classes[c] if c < len(classes) else "?"
+        op = box.operator("emoca.emotion_jump", text=name.capitalize(),
+                          depress=first <= f <= last)
+        op.frame = first + props.frame_start
+    sub = layout.row()
+    sub.alignment = 'RIGHT'
+    sub.label(text=" | ".join(f"{a + props.frame_start}-{b + props.frame_start}"
+                              for a, b, _ in tl["segments"]))
+    if 0 <= f < n:
+        p = tl["probs"][f]
+        col = layout.column(align=True)
+        col.label(text=f"Frame {scene.frame_current}"
+                  + ("" if tl["valid"][f] else " (no face: held)"))
+        for j in p.argsort()[::-1][:3]:
+            col.progress(factor=float(min(max(p[j], 0.0), 1.0)), type='BAR',
+                         text=f"{classes[j]} {100 * p[j]:.0f}%")
+    else:
+        layout.label(text=f"Frame {scene.frame_current} is outside the capture",
+                     icon='INFO')
+    layout.separator()
+    target = ops_emotion.emotion_target(context)
+    _button(layout, "emoca.key_emotion",
+            None if target is not None else "Build the actor rig first (or select an "
+            "object)", icon='KEYINGSET')
+    if target is not None and any(k.startswith(ops_emotion.PREFIX) for k in target.keys()):
+        layout.label(text=f"Keyed on {target.name}", icon='CHECKMARK')
+    layout.separator()
+    col = layout.column()
+    col.use_property_split = True
+    col.use_property_decorate = False
+    col.prop(es, "count")
+    col.prop(es, "min_gap")
+    col.prop(es, "library")
+    _button(layout, "emoca.emotion_find_similar", None, icon='VIEWZOOM')
+    if len(es.matches):
+        layout.template_list("EMOCA_UL_emotion_matches", "", es, "matches", es,
+                             "active_match", rows=4)
+        layout.operator("emoca.emotion_jump", text="Next Match", icon='FF').frame = -1
+    if es.status:
+        layout.label(text=es.status, icon='INFO')
 
 
 class EMOCA_UL_emotion_matches(bpy.types.UIList):
@@ -39,63 +137,13 @@ class EMOCA_PT_emotion(_EmocaPanel, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        scene = context.scene
-        props, es = scene.emoca, scene.emoca_emotion
         problem = ops_emotion.emotion_problem(context)
-        if problem:
-            _reason(layout, problem)
-            return
-        tl = ops_emotion.timeline(context)
-        if tl is None:
-            _reason(layout, "The capture's emotion curves cannot be read")
-            return
-        classes, n = tl["classes"], tl["n"]
-        f = scene.frame_current - props.frame_start
-        layout.label(text=f"Emotion over {n} frames (dominant class)", icon='SEQUENCE')
-        row = layout.row(align=True)
-        for first, last, c in tl["segments"]:
-            box = row.row(align=True)
-            box.ui_units_x = max(1.0, 12.0 * (last - first + 1) / max(n, 1))
-            name = classes[c] if c < len(classes) else "?"
-            op = box.operator("emoca.emotion_jump", text=name.capitalize(),
-                              depress=first <= f <= last)
-            op.frame = first + props.frame_start
-        sub = layout.row()
-        sub.alignment = 'RIGHT'
-        sub.label(text=" | ".join(f"{a + props.frame_start}-{b + props.frame_start}"
-                                  for a, b, _ in tl["segments"]))
-        if 0 <= f < n:
-            p = tl["probs"][f]
-            col = layout.column(align=True)
-            col.label(text=f"Frame {scene.frame_current}"
-                      + ("" if tl["valid"][f] else " (no face: held)"))
-            for j in p.argsort()[::-1][:3]:
-                col.progress(factor=float(min(max(p[j], 0.0), 1.0)), type='BAR',
-                             text=f"{classes[j]} {100 * p[j]:.0f}%")
+        tl = None if problem else ops_emotion.timeline(context)
+        if problem or tl is None:
+            _reason(layout, problem or "The capture's emotion curves cannot be read")
         else:
-            layout.label(text=f"Frame {scene.frame_current} is outside the capture",
-                         icon='INFO')
-        layout.separator()
-        target = ops_emotion.emotion_target(context)
-        _button(layout, "emoca.key_emotion",
-                None if target is not None else "Build the actor rig first (or select an "
-                "object)", icon='KEYINGSET')
-        if target is not None and any(k.startswith(ops_emotion.PREFIX) for k in target.keys()):
-            layout.label(text=f"Keyed on {target.name}", icon='CHECKMARK')
-        layout.separator()
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
-        col.prop(es, "count")
-        col.prop(es, "min_gap")
-        col.prop(es, "library")
-        _button(layout, "emoca.emotion_find_similar", None, icon='VIEWZOOM')
-        if len(es.matches):
-            layout.template_list("EMOCA_UL_emotion_matches", "", es, "matches", es,
-                                 "active_match", rows=4)
-            layout.operator("emoca.emotion_jump", text="Next Match", icon='FF').frame = -1
-        if es.status:
-            layout.label(text=es.status, icon='INFO')
+            draw_curves(context, layout, tl)
+        draw_jobs(context, layout)
 
 
 CLASSES = (EMOCA_UL_emotion_matches, EMOCA_PT_emotion)

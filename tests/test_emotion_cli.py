@@ -1,8 +1,9 @@
-"""The emotion commands of the CLI: ``capture --no-emotion``, ``emotion-train``, ``retrieve``
-and ``refine`` -- their help, results and one-line bad-input errors (exit code 2).
+"""The emotion commands of the CLI: ``capture --no-emotion``, ``emotion-train``,
+``emotion-predict``, ``retrieve`` and ``refine`` -- their help, results and one-line
+bad-input errors (exit code 2).
 
 Most calls run ``cli.main`` in this process (the CLI's own entry point, without paying
-for a fresh interpreter each time); one real subprocess checks the exit code end to end.
+for a fresh interpreter each time); a few real subprocesses check the exit code end to end.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def test_help_of_the_emotion_commands(capsys):
     for cmd, words in (("emotion-train", ("valence", "--val-fraction", "class-balanced")),
                        ("retrieve", ("--frame", "-k", "per clip")),
                        ("refine", ("--keyframes", "--strength", "--frames", "Eq. 1")),
+                       ("emotion-predict", ("--model", "valence", "in place", "-o")),
                        ("capture", ("--no-emotion",))):
         with pytest.raises(SystemExit) as e:
             cli.main([cmd, "--help"])
@@ -198,6 +200,178 @@ def test_emotion_train_bad_input(tmp_path, capsys):
         assert rc == 2, (args, err)
         assert words in one_line_error(err), (args, err)
     assert not (tmp_path / "o.pt").exists()
+
+
+# -- emotion-predict ----------------------------------------------------------------------
+
+def tiny_mlp(path: Path, input_names, classes=("happy", "sad", "neutral"), seed: int = 0):
+    """An untrained (random) emotion MLP with hidden width 16, saved to ``path``."""
+    import torch
+
+    from emoca_blender.emotion_mlp import EmotionMLP, build_mlp
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    d = len(input_names)
+    mlp = EmotionMLP(build_mlp(d, len(classes), hidden=16).eval(),
+                     rng.random(d).astype(np.float32) * 0.5,
+                     rng.random(d).astype(np.float32) + 0.5, tuple(classes),
+                     tuple(input_names))
+    mlp.save(path)
+    return EmotionMLP.load(path)
+
+
+def _input_names(cap_path: Path, use_jaw: bool = True):
+    from emoca_blender.emotion_mlp import capture_inputs
+
+    return capture_inputs(load_capture(cap_path), use_jaw)[1]
+
+
+def test_emotion_predict_writes_valence_and_arousal(tmp_path, capsys):
+    """The written curves are the MLP's predictions on the capture's valid frames; frames
+    without a face hold the nearest prediction (the format holds no NaN); -o leaves the
+    input as it was, and without -o the capture is rewritten in place."""
+    from emoca_blender.emotion_mlp import capture_inputs
+
+    valid = np.ones(30, bool)
+    valid[[0, 1, 12, 13, 14, 29]] = False
+    src = synthetic_capture(tmp_path / "c.capture.npz", np.zeros((30, 4), np.float32),
+                            valid=valid, seed=4)
+    before = src.read_bytes()
+    model = tmp_path / "emo.pt"
+    mlp = tiny_mlp(model, _input_names(src))
+    want = mlp.predict(capture_inputs(load_capture(src), True)[0])
+
+    def check(path, jaw=True):
+        b = load_capture(path)
+        for k in ("valence", "arousal"):
+            np.testing.assert_allclose(b[k][valid], want[k][valid], atol=1e-5)
+            assert np.ptp(b[k][valid]) > 1e-4 and np.all(np.isfinite(b[k]))
+            held = b[k]                            # 0,1 <- 2; 12..14 <- 11; 29 <- 28
+            assert held[0] == held[1] == held[2] and held[12] == held[13] == held[14] \
+                == held[11] and held[29] == held[28]
+        rec = b.meta["emotion_mlp"]
+        assert rec == {"model": str(model.resolve()), "classes": ["happy", "sad", "neutral"],
+                       "jaw": jaw}
+        a = load_capture(src) if path != src else None
+        if a is not None:
+            for k in a.arrays:
+                np.testing.assert_array_equal(a[k], b[k])
+        return b
+
+    out = tmp_path / "o.capture.npz"
+    rc, text, err = run(capsys, "emotion-predict", src, "--model", model, "-o", out)
+    assert rc == 0, err
+    assert f"wrote {out}: valence and arousal predicted for 24 of 30 frames" in text
+    assert f"mean valence {want['valence'][valid].mean():+.3f}" in text
+    check(out)
+    assert src.read_bytes() == before and "valence" not in load_capture(src)
+    # -o without the suffix gets .capture.npz, like the other commands
+    rc, _, err = run(capsys, "emotion-predict", src, "--model", model, "-o", tmp_path / "p")
+    assert rc == 0, err
+    check(tmp_path / "p.capture.npz")
+    # in place, with --progress json: one "done" line naming the output
+    rc, text, err = run(capsys, "--progress", "json", "emotion-predict", src, "--model", model)
+    assert rc == 0, err
+    lines = [json.loads(ln) for ln in text.strip().splitlines()]
+    done = lines[-1]
+    assert done["stage"] == "done" and done["output"] == str(src)
+    assert done["frames"] == 30 and done["predicted"] == 24 and done["jaw"] is True
+    assert done["mean_arousal"] == pytest.approx(want["arousal"][valid].mean(), abs=1e-4)
+    assert src.read_bytes() != before
+    b = check(src)
+    assert b.meta["valid_frames"] == 24 and "valence" in b.meta["fields"]
+    assert not list(tmp_path.glob(".*"))           # no temporary files left behind
+    # a model trained without the jaw predicts from identity + expression only
+    nojaw = tmp_path / "nojaw.pt"
+    mlp2 = tiny_mlp(nojaw, _input_names(src, use_jaw=False), classes=("a", "b"), seed=2)
+    rc, _, err = run(capsys, "emotion-predict", src, "--model", nojaw, "-o", out)
+    assert rc == 0, err
+    want = mlp2.predict(capture_inputs(load_capture(src), False)[0])
+    b = load_capture(out)
+    np.testing.assert_allclose(b["valence"][valid], want["valence"][valid], atol=1e-5)
+    assert b.meta["emotion_mlp"]["jaw"] is False and b.meta["emotion_mlp"]["classes"] == ["a", "b"]
+
+
+class _Evil:
+    """Unpickling calls Path.touch(path): what a hostile .pt could do instead."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
+
+
+def test_emotion_predict_bad_input(tmp_path, capsys):
+    """Mismatched inputs, bad or missing model files and non-captures: exit 2, one line,
+    nothing written and the input untouched."""
+    import torch
+
+    src = synthetic_capture(tmp_path / "c.capture.npz", np.zeros((8, 4), np.float32))
+    before = src.read_bytes()
+    names = _input_names(src)                        # 52 ARKit expression + jaw, no identity
+    other_head = tmp_path / "flame.pt"               # 3 identity + 52 + jaw
+    tiny_mlp(other_head, tuple(f"shape{i}" for i in range(3)) + names)
+    other_basis = tmp_path / "basis.pt"              # as many inputs, other expression names
+    tiny_mlp(other_basis, tuple(f"exp{i}" for i in range(52)) + names[-3:])
+    text_pt = tmp_path / "notes.pt"
+    text_pt.write_text("not a model\n")
+    keyless = tmp_path / "keyless.pt"
+    torch.save({"weights": torch.zeros(3)}, keyless)
+    tensor_pt = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor_pt)
+    good = tmp_path / "good.pt"
+    mlp = tiny_mlp(good, names)
+    mlp.input_names = ()
+    no_names = mlp.save(tmp_path / "no_names.pt")
+    not_capture = tmp_path / "x.capture.npz"
+    not_capture.write_text("hello\n")
+    # a file whose unpickling would run code: refused by the weights-only loader, never run
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Evil(str(marker)), "mean": 0}, evil)
+    out = tmp_path / "o.capture.npz"
+    cases = [
+        ((src, "--model", evil), "evil.pt is not an emotion MLP"),
+        ((src, "--model", other_head), "takes 58 inputs (3 identity + 52 expression + jaw) "
+                                       "but the capture gives 55 (0 identity + 52 expression "
+                                       "+ jaw): the model was trained on captures of another "
+                                       "backend or head model"),
+        ((src, "--model", other_basis), "input 0 is 'exp0' in the model, 'eyeBlinkLeft' in"),
+        ((src, "--model", tmp_path / "gone.pt"), "gone.pt not found"),
+        ((src, "--model", text_pt), "notes.pt is not an emotion MLP"),
+        ((src, "--model", keyless), "it holds ['weights']"),
+        ((src, "--model", tensor_pt), "tensor.pt is not an emotion MLP"),
+        ((src, "--model", no_names), "records no input names"),
+        ((not_capture, "--model", good), "x.capture.npz"),
+        ((tmp_path / "gone.capture.npz", "--model", good), "not found"),
+    ]
+    for args, words in cases:
+        for extra in (("-o", out), ()):
+            rc, text, err = run(capsys, "emotion-predict", *args, *extra)
+            assert rc == 2, (args, extra, text, err)
+            assert words in one_line_error(err), (args, err)
+            assert not out.exists()
+    assert src.read_bytes() == before
+    assert not marker.exists()
+    assert not_capture.read_text() == "hello\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npz") == \
+        ["c.capture.npz", "x.capture.npz"]
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_emotion_predict_exit_code_end_to_end(tmp_path):
+    """A real subprocess: a mismatched model gives exit code 2 and one line on stderr."""
+    src = synthetic_capture(tmp_path / "c.capture.npz", np.zeros((6, 4), np.float32))
+    model = tmp_path / "flame.pt"
+    tiny_mlp(model, tuple(f"shape{i}" for i in range(100)) + _input_names(src))
+    r = run_cli("emotion-predict", src, "--model", model, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = one_line_error(r.stderr)
+    assert "takes 155 inputs" in line and "gives 55" in line and "emotion-train" in line
 
 
 # -- capture --no-emotion and refine (a real clip) ------------------------------------------

@@ -692,6 +692,10 @@ def test_operators_in_background_mode(built_zip, tmp_path):
                 _timer = None
                 _job = None
                 def report(self, level, msg): reports.append(msg)
+                noun = OT.noun
+                def _problem(self, ctx): return OT._problem(ctx)
+                def _command(self, ctx): return OT._command(self, ctx)
+                def _done(self, ctx, job): return OT._done(self, ctx, job)
                 def _start(self, ctx): return OT._start(self, ctx)
                 def _finish(self, ctx, job): return OT._finish(self, ctx, job)
 

@@ -81,6 +81,17 @@ class ModalDriver:
     def report(self, level, msg):
         self.reports.append((sorted(level)[0], msg))
 
+    noun = "Capture"
+
+    def _problem(self, ctx):
+        return OT._problem(ctx)
+
+    def _command(self, ctx):
+        return OT._command(self, ctx)
+
+    def _done(self, ctx, job):
+        return OT._done(self, ctx, job)
+
     def _start(self, ctx):
         return OT._start(self, ctx)
 
