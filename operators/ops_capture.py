@@ -6,6 +6,9 @@ a window-manager timer polls it ten times a second, the sidebar shows its progre
 output. Run from a script (``bpy.ops.emoca.capture()``, execute) it blocks until the worker
 ends, printing progress, which is what background mode (``blender -b``) needs.
 
+The modal machinery is a mixin, :class:`WorkerJobOperator`, that the emotion jobs
+(``ops_emotion_jobs``: refine, train, predict) share.
+
 Also the helpers the other operators and the panels share: why a capture cannot start, why
 a capture file cannot be read, a cached capture loader, and a cheap capture summary (the
 sidecar JSON only, so drawing a panel never reads the npz).
