@@ -557,7 +557,8 @@ class WorkerJob:
                 self.output = Path(self._done_output)
             if self.output is not None and not self.output.is_file():
                 self.state = FAILED
-                self.error = (f"The worker finished but wrote no capture at {self.output}")
+                what = "capture" if self.output.name.endswith(CAPTURE_SUFFIX) else "file"
+                self.error = f"The worker finished but wrote no {what} at {self.output}"
                 return
             self.state = DONE
             return
