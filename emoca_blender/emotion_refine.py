@@ -59,12 +59,11 @@ Optimiser: Adam from e0, twice -- 120 iterations at learning rate 0.05, and 60 a
 (``second_lr``; None: one run) -- keeping the better result; the free components are
 clamped to [0, 1] after each step (a projection: a component at a bound leaves it as soon
 as its gradient turns, where a sigmoid parameterisation would flatten the gradient near
-the bounds). The raster is refreshed every ``refresh_every`` = 1 steps (4-5 ms); with
-larger values the loss between refreshes is measured on a stale raster (the warp
-extrapolated), which the optimiser learns to exploit, so each run's iterate is then chosen
-by fresh losses only (the refresh steps', the last iterate's, and the ``recheck`` best
-stale iterates re-measured). The best iterate by the full loss is kept, and a result worse
-than the capture under the full loss is replaced by the capture. The landscape is rough
+the bounds). The raster is made afresh at every step (4-5 ms): with a raster reused
+between refreshes (10 steps, before the exact rasterizer), the loss was measured on a
+stale raster (the warp extrapolated), which the optimiser learned to exploit. The best
+iterate by the full loss is kept, and a result worse than the capture under the full loss
+is replaced by the capture. The landscape is rough
 (hard visibility: a lip edge crossing a sub-pixel of the mouth cap moves the distance by
 0.1-0.2 in one small step), so Adam's coarse steps and keeping the best iterate matter.
 
@@ -119,9 +118,6 @@ class RefineSettings:
     caps_behind: float = 1000.0     # warp: the hole caps get their own vertices, pushed this
     #                                 far (crop pixels) from the viewer: seen only through
     #                                 the holes, never over the lips or lids (0: in place)
-    refresh_every: int = 1          # warp: rasterize afresh every this many Adam steps
-    recheck: int = 8                # per Adam run, re-measure this many of the best iterates
-    #                                 (by the loss on the stale raster) on a fresh raster
 
 
 @dataclass
@@ -533,53 +529,51 @@ class FrameProblem:
             runs.append((self.s.second_lr, max(1, self.s.iterations // 2)))
         with torch.no_grad():
             d0 = float(self.feat_dist(self.e0, True))
-        cands = [self.e0.clone()] + [self._adam(lr, n) for lr, n in runs]
+        # every loss is measured on a fresh raster: the best of the capture (first: never
+        # return something worse) and each run's best iterate
+        cands = [(self.objective(self.e0), self.e0.clone())] + [self._adam(lr, n)
+                                                               for lr, n in runs]
+        best_e = min(cands, key=lambda c: c[0])[1]
         with torch.no_grad():
-            # candidates and the warp's raster were refreshed only every 10 steps: compare
-            # with fresh ones, and never return something worse than the capture (first)
-            objs = [self.objective(e) for e in cands]
-            best_e = cands[int(np.argmin(objs))]
             d1 = float(self.feat_dist(best_e, True))
         return best_e.numpy(), d0, d1
 
-    def _adam(self, lr: float, iterations: int):
-        """One Adam run from the capture: the best iterate by the full loss."""
+    def _adam(self, lr: float, iterations: int) -> tuple[float, object]:
+        """One Adam run from the capture: (loss, iterate) of its best iterate, the last one
+        (after the final step) included."""
         import torch
 
         x = self.e0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
-        fresh, stale = [], []           # (loss, iterate): on a fresh raster / a stale one
-        for it in range(iterations):
+        best = (float("inf"), self.e0.clone())
+        for it in range(iterations + 1):
             e = self.expression(x)
-            refresh = it % self.s.refresh_every == 0
-            d = self.feat_dist(e, refresh=refresh)
-            loss = d + self.s.reg * (e ** 2).sum()
-            if self.s.landmark_weight:
-                loss = loss + self.s.landmark_weight * self.lmk_term(e)
-            (fresh if refresh else stale).append((float(loss.detach()), e.detach().clone()))
+            loss = self._loss(e)
+            value = float(loss.detach())
+            if value < best[0]:
+                best = (value, e.detach().clone())
+            if it == iterations:
+                break
             opt.zero_grad()
             loss.backward()
             opt.step()
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
-        with torch.no_grad():
-            e = self.expression(x)
-            fresh.append((self.objective(e), e.clone()))
-            stale.sort(key=lambda c: c[0])
-            if self.s.recheck > 0:
-                # between refreshes the loss is measured on a stale raster (the warp
-                # extrapolated), which the optimiser learns to exploit: re-measure the best
-                # few stale iterates on a fresh raster and choose by fresh losses only
-                fresh += [(self.objective(c[1]), c[1]) for c in stale[:self.s.recheck]]
-                return min(fresh, key=lambda c: c[0])[1]
-            return min(fresh + stale[:1], key=lambda c: c[0])[1]
+        return best
+
+    def _loss(self, e):
+        """The full loss at ``e`` (a tensor), rasterized afresh."""
+        loss = self.feat_dist(e, refresh=True) + self.s.reg * (e ** 2).sum()
+        if self.s.landmark_weight:
+            loss = loss + self.s.landmark_weight * self.lmk_term(e)
+        return loss
 
     def objective(self, e) -> float:
-        """The full loss at ``e`` (fresh triangle candidates), as minimised by solve()."""
-        loss = float(self.feat_dist(e, True) + self.s.reg * (e ** 2).sum())
-        if self.s.landmark_weight:
-            loss += float(self.s.landmark_weight * self.lmk_term(e))
-        return loss
+        """The full loss at ``e``, as minimised by solve()."""
+        import torch
+
+        with torch.no_grad():
+            return float(self._loss(e))
 
 
 def torch_stack2(x, y):

@@ -71,8 +71,6 @@ def capture_problem(context) -> str | None:
     props = getattr(context.scene, "emoca", None)
     if props is None:
         return "The EMOCA add-on is not registered"
-    if active_job() is not None:
-        return "A capture is already running"
     video = properties.abspath(props.video_path)
     if not video:
         return "Choose a video first"
@@ -82,6 +80,13 @@ def capture_problem(context) -> str | None:
     folder = os.path.dirname(out)
     if folder and not os.path.isdir(folder):
         return f"Output folder does not exist: {folder}"
+    return worker_problem(context)
+
+
+def worker_problem(context) -> str | None:
+    """Why no worker job (capture, emotion job) can start now, or None."""
+    if active_job() is not None:
+        return "A capture or emotion job is already running"
     python, source = properties.worker_python(context)
     if not os.path.isfile(python):
         return f"Worker Python not found: {python} ({source}). {worker.PREFERENCE_HINT}"

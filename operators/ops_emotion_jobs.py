@@ -20,20 +20,10 @@ import bpy
 from bpy.props import IntProperty
 
 from . import properties, worker
-from .ops_capture import (WorkerJobOperator, active_job, capture_file_problem, capture_stem,
-                          capture_summary)
+from .ops_capture import (WorkerJobOperator, capture_file_problem, capture_stem,
+                          capture_summary, worker_problem)
 
 OPEN_HEAD = "open_head"
-
-
-def worker_problem(context) -> str | None:
-    """Why no worker job can start now, or None."""
-    if active_job() is not None:
-        return "A capture or emotion job is already running"
-    python, source = properties.worker_python(context)
-    if not os.path.isfile(python):
-        return f"Worker Python not found: {python} ({source}). {worker.PREFERENCE_HINT}"
-    return None
 
 
 def refined_output_for(capture: str) -> str:

@@ -619,7 +619,9 @@ class WorkerJob:
         return path
 
 
-__all__ = ["WorkerJob", "WorkerError", "PREFERENCE_HINT", "Progress", "Backend", "BACKENDS", "capture_command",
+__all__ = ["WorkerJob", "WorkerError", "PREFERENCE_HINT", "Progress", "Backend", "BACKENDS",
+           "core_command", "capture_command", "refine_command", "emotion_train_command",
+           "emotion_predict_command",
            "resolve_worker_python", "venv_python", "default_output_for", "log_path_for",
            "sidecar_for", "parse_progress_line", "error_line", "format_seconds",
            "EXTENSION_ROOT", "IDLE", "RUNNING", "DONE", "FAILED", "CANCELLED"]

@@ -318,7 +318,7 @@ def test_the_capped_head_has_no_see_through_pixel():
 
 
 def test_solve_never_returns_worse_than_the_capture_under_fresh_losses():
-    p, _ = _open_head_problem(iterations=12, second_lr=None, recheck=3)
+    p, _ = _open_head_problem(iterations=12, second_lr=None)
     e1, d0, d1 = p.solve()
     assert np.isfinite(e1).all() and (e1 >= 0).all() and (e1 <= 1).all()
     with torch.no_grad():
