@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     importlib.import_module(__package__ + ".landmarks_cli").add_parser(sub)
     importlib.import_module(__package__ + ".emotion_cli").add_parsers(sub)
+    importlib.import_module(__package__ + ".livelink_cli").add_parser(sub)
     return ap
 
 

@@ -39,6 +39,8 @@ def import_csv(context, path: str, bake: bool) -> tuple[str, dict | None, list[s
     if not data.get("has_angles"):
         warnings.append(f"{os.path.basename(path)} has no head/eye angle columns: head and "
                         f"eyes stay still")
+    if data["lost_rows"] or data["dropped"] or data["clamped"]:
+        warnings.append(f"{os.path.basename(path)}: {ll.import_summary(data)}")
     if bake:
         summary, _, w = ops_retarget.run_retarget(context, cap, ops_retarget.settings(context),
                                                   method="name")
