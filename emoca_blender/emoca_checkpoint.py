@@ -194,6 +194,20 @@ class Checkpoint:
     info: dict = field(default_factory=dict)
 
 
+def _node_value(v: Any) -> Any:
+    """The plain value of a hyper-parameter: omegaconf stores each value of a ``DictConfig``
+    in a node (``AnyNode``, ``BooleanNode``...) whose pickled state holds it as ``_val``;
+    stand-ins built from arguments hold it as their first argument."""
+    if not isinstance(v, StandIn):
+        return v
+    state = v.state
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        state = {**(state[0] or {}), **state[1]}            # (__dict__, __slots__) state
+    if isinstance(state, dict) and "_val" in state:
+        return state["_val"]
+    return v.args[0] if v.args else v
+
+
 def _hparams_flags(obj: Any) -> dict[str, Any]:
     """exp_deca_jaw_pose / exp_deca_global_pose / expression_backbone from Lightning's
     hyper_parameters, wherever they sit in the (stand-in) omegaconf tree; {} when absent."""
@@ -212,7 +226,7 @@ def _hparams_flags(obj: Any) -> dict[str, Any]:
         if isinstance(o, dict):
             for k, v in o.items():
                 if isinstance(k, str) and k in want and k not in found:
-                    vv = v.args[0] if isinstance(v, StandIn) and v.args else v
+                    vv = _node_value(v)
                     if isinstance(vv, (bool, str, int)):
                         found[k] = vv
                 walk(v, depth + 1)

@@ -77,6 +77,32 @@ def _small_ckpt(path, sd, hp=None):
     return path
 
 
+def test_flags_read_from_real_omegaconf_hyper_parameters(tmp_path):
+    """Real EMOCA checkpoints hold their training flags in omegaconf containers, each value
+    in a node (``AnyNode``) whose pickled state stores it as ``_val``: a 53-wide expression
+    head trained with ``exp_deca_global_pose`` (not the jaw) must be read as such."""
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (test-only pin) is not "
+                                    "installed")
+    cfg = omegaconf.OmegaConf.create({
+        "model": {"deca_class": "ExpDECA", "expression_backbone": "deca_parallel",
+                  "exp_deca_jaw_pose": False, "exp_deca_global_pose": True, "n_exp": 50},
+        "learning": {"batch_size_train": 4}})
+    assert type(cfg.model._get_node("exp_deca_global_pose")).__name__ == "AnyNode"
+    w = es.module_weights()
+    sd = {f"deca.{m}.{k}": v for m, d in w.items() if m != "E_expression" for k, v in d.items()}
+    sd.update({f"deca.E_expression.{k}": v for k, v in
+               es._init(N.encoder_shapes(53), torch.Generator().manual_seed(5)).items()})
+    path = _small_ckpt(tmp_path / "global.ckpt", sd, {"cfg": cfg})
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)              # omegaconf objects inside
+    ck = C.load(path)
+    assert ck.info["read"] == "restricted"
+    assert ck.config.exp_out == 53 and ck.config.exp_pose == "global"
+    assert ck.info["expression_backbone"] == "deca_parallel"
+    assert ck.info["exp_deca_global_pose"] is True and ck.info["exp_deca_jaw_pose"] is False
+    assert ck.info["deca_class"] == "ExpDECA"
+
+
 def test_older_expression_layouts(tmp_path):
     """EMOCA's deca_parallel head (v1-era) and a 53-wide head with the jaw pose."""
     w = es.module_weights()

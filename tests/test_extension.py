@@ -163,7 +163,40 @@ def test_zip_holds_what_an_installed_add_on_needs(built_zip):
     assert "requirements.txt" in names and "requirements-nodeps.txt" in names
 
 
-@pytest.mark.skipif(bx.find_blender_ext() is None, reason="Blender's extension tool not found")
+def _fake_blender(folder: Path, version: str) -> Path:
+    """An executable named ``blender`` that prints ``version`` for --version and fails on
+    anything else (as a 3.4 without the ``extension`` command and without a display does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "blender"
+    exe.write_text(f"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --version ] && "
+                   f"echo 'Blender {version}' && exit 0; done\n"
+                   f"echo 'Unable to open a display' >&2; exit 1\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_extension_tool_prefers_bpy_and_refuses_old_blenders(tmp_path, monkeypatch):
+    """An old ``blender`` on PATH (3.4: no ``extension`` command, no display) is never run
+    for the validation: the bpy module's own tool comes first, and a binary is used only
+    from 4.2 on."""
+    old = _fake_blender(tmp_path / "old", "3.4.1")
+    monkeypatch.setenv("PATH", f"{old.parent}{os.pathsep}{os.environ['PATH']}")
+    tool = bx.find_blender_ext()
+    if tool is not None:
+        assert bx.extension_tool() == [sys.executable, str(tool)]
+    monkeypatch.setattr(bx, "find_blender_ext", lambda: None)
+    assert bx.blender_version(str(old)) == (3, 4)
+    assert bx.extension_tool() is None and bx.extension_tool(str(old)) is None
+    assert bx.official_validate(tmp_path / "x.zip") is None
+    new = _fake_blender(tmp_path / "new", "5.0.1")
+    monkeypatch.setenv("PATH", f"{new.parent}{os.pathsep}{os.environ['PATH']}")
+    assert bx.extension_tool() == [str(new), "--factory-startup", "--command", "extension"]
+    assert bx.blender_version(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.skipif(bx.extension_tool() is None,
+                    reason="Blender's extension tool not found (no bpy module with "
+                           "blender_ext.py, no Blender 4.2+ binary)")
 def test_zip_matches_blenders_own_build_and_validates(built_zip, tmp_path):
     """Blender's `extension build` from the same manifest packs the same files, and its
     `extension validate` accepts our zip."""

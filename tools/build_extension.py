@@ -392,36 +392,56 @@ def find_blender_ext() -> Path | None:
     return None
 
 
-def official_validate(zip_path: Path, blender: str | None = None) -> tuple[bool, str] | None:
-    """Validate a built zip with Blender's own tool: ``(ok, output)``, or None when no tool
-    is available."""
-    blender = blender or shutil.which("blender")
-    if blender:
-        cmd = [blender, "--factory-startup", "--command", "extension", "validate",
-               str(zip_path)]
-    else:
+#: the first Blender with the ``extension`` command line (older ones, e.g. 3.4, lack it)
+MIN_BLENDER = (4, 2)
+
+
+def blender_version(blender: str) -> tuple[int, int] | None:
+    """``(major, minor)`` from ``blender --version`` (no window, no display needed); None
+    when it does not run or says no version."""
+    try:
+        r = subprocess.run([blender, "--factory-startup", "--version"], capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"Blender (\d+)\.(\d+)", r.stdout)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def extension_tool(blender: str | None = None) -> list[str] | None:
+    """The command line of Blender's extension tool (``... validate ZIP``): the ``bpy``
+    module's own ``blender_ext.py`` first, else a ``blender`` binary (``blender``, or the one
+    on PATH) of version 4.2 or later; an older binary (no ``extension`` command) is never
+    used. None when there is no usable tool."""
+    if blender is None:
         tool = find_blender_ext()
-        if tool is None:
-            return None
-        cmd = [sys.executable, str(tool), "validate", str(zip_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if tool is not None:
+            return [sys.executable, str(tool)]
+        blender = shutil.which("blender")
+    if blender and (blender_version(blender) or (0, 0)) >= MIN_BLENDER:
+        return [blender, "--factory-startup", "--command", "extension"]
+    return None
+
+
+def official_validate(zip_path: Path, blender: str | None = None) -> tuple[bool, str] | None:
+    """Validate a built zip with Blender's own tool (:func:`extension_tool`): ``(ok,
+    output)``, or None when no tool is available."""
+    tool = extension_tool(blender)
+    if tool is None:
+        return None
+    r = subprocess.run(tool + ["validate", str(zip_path)], capture_output=True, text=True,
+                       timeout=300)
     return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
 def official_build(root: Path, output: Path, blender: str | None = None) -> Path | None:
-    """Build with Blender's own tool into ``output`` (to compare with ours); None when no
-    tool is available. Raises BuildError when the tool fails."""
-    blender = blender or shutil.which("blender")
-    if blender:
-        cmd = [blender, "--factory-startup", "--command", "extension", "build",
-               "--source-dir", str(root), "--output-filepath", str(output)]
-    else:
-        tool = find_blender_ext()
-        if tool is None:
-            return None
-        cmd = [sys.executable, str(tool), "build", "--source-dir", str(root),
-               "--output-filepath", str(output)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    """Build with Blender's own tool (:func:`extension_tool`) into ``output`` (to compare
+    with ours); None when no tool is available. Raises BuildError when the tool fails."""
+    tool = extension_tool(blender)
+    if tool is None:
+        return None
+    r = subprocess.run(tool + ["build", "--source-dir", str(root), "--output-filepath",
+                               str(output)], capture_output=True, text=True, timeout=300)
     if r.returncode != 0 or not output.is_file():
         raise BuildError(f"Blender's extension build failed:\n{r.stdout}{r.stderr}")
     return output
@@ -460,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.official:
         res = official_validate(out, args.blender)
         if res is None:
-            print("note: no blender binary or bpy module found; skipped the official check")
+            print("note: no bpy module or Blender 4.2+ binary found; skipped the official check")
         else:
             ok, text = res
             print(("official validation passed" if ok else "official validation FAILED") +
