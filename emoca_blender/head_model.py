@@ -20,11 +20,15 @@ lbs_weights        (V,J) f4    skinning weights, rows sum to 1
 
 Optional: ``shape_basis`` (S,V,3), ``posedirs`` (P,V*3) pose correctives,
 ``mirror`` (V,) index of each vertex's mirror image, ``landmark_vertices`` (L,) vertex
-index of each MediaPipe landmark, ``part_names``/``vertex_part`` (which part a vertex
-belongs to: skin, eyes, teeth...), ``name`` and ``licence`` strings.
+index of each MediaPipe landmark, or ``landmark_tri`` (L,3) / ``landmark_bary`` (L,3) the
+triangle (its three vertex indices) and barycentric weights of each landmark on the surface
+(a landmark between vertices: the ICT head's embedding), ``part_names``/``vertex_part``
+(which part a vertex belongs to: skin, eyes, teeth...), ``name`` and ``licence`` strings.
 
 Files are ``.npz`` written with :func:`save_head_model`; every model shipped in
-``bundled_models/`` is built by a script in ``tools/``.
+``bundled_models/`` is built by a script in ``tools/``. The bases (``expression_basis``,
+``shape_basis``) may be stored as float16 (give them as float16 to the writer) and are read
+back as float32.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import numpy as np
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
 OPEN_HEAD = "open_head.npz"
+ICT_HEAD = "ict_head.npz"
 SAMPLE_CHARACTER = "sample_character.npz"
 
 
@@ -67,6 +72,8 @@ class HeadModel:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     uv_coords: np.ndarray | None = None   # (T,2) per-corner UVs (FLAME's head_template.obj)
     uv_faces: np.ndarray | None = None    # (F,3) UV index of each triangle corner
+    landmark_tri: np.ndarray | None = None   # (L,3) vertices of each landmark's triangle
+    landmark_bary: np.ndarray | None = None  # (L,3) its barycentric weights
 
     @property
     def n_vertices(self) -> int:
@@ -95,6 +102,22 @@ class HeadModel:
         flat = self.expression_basis.reshape(self.n_expressions, -1)
         out = w @ flat
         return self.v_template + out.reshape(w.shape[:-1] + (self.n_vertices, 3))
+
+    def landmarks(self, vertices: np.ndarray) -> np.ndarray:
+        """The MediaPipe landmarks on a posed or expressed mesh.
+
+        Args:
+            vertices: (V,3) or (N,V,3) vertices of this model.
+        Returns:
+            (L,3) or (N,L,3): barycentric points when the model has ``landmark_tri``, else
+            the ``landmark_vertices`` rows.
+        """
+        v = np.asarray(vertices)
+        if self.landmark_tri is not None:
+            return (v[..., self.landmark_tri, :] * self.landmark_bary[:, :, None]).sum(-2)
+        if self.landmark_vertices is None:
+            raise HeadModelError(f"head model {self.name!r} has no landmark embedding")
+        return v[..., self.landmark_vertices, :]
 
     def validate(self) -> None:
         validate(self)
@@ -136,6 +159,15 @@ def validate(m: HeadModel) -> None:
     if m.landmark_vertices is not None and m.landmark_vertices.size and (
             m.landmark_vertices.min() < 0 or m.landmark_vertices.max() >= V):
         p.append("landmark_vertices index vertices outside the mesh")
+    if (m.landmark_tri is None) != (m.landmark_bary is None):
+        p.append("landmark_tri and landmark_bary come together")
+    elif m.landmark_tri is not None and (
+            m.landmark_tri.ndim != 2 or m.landmark_tri.shape[1] != 3
+            or m.landmark_bary.shape != m.landmark_tri.shape
+            or m.landmark_tri.min() < 0 or m.landmark_tri.max() >= V
+            or not np.allclose(m.landmark_bary.sum(1), 1.0, atol=1e-4)):
+        p.append("landmark_tri/landmark_bary must be (L,3) vertex indices and (L,3) "
+                 "barycentric weights summing to 1")
     if m.vertex_part is not None and m.vertex_part.shape != (V,):
         p.append(f"vertex_part has shape {m.vertex_part.shape}, expected ({V},)")
     for k in ("v_template", "expression_basis", "joints", "lbs_weights"):
@@ -147,8 +179,11 @@ def validate(m: HeadModel) -> None:
 
 
 _ARRAYS_F = ("v_template", "expression_basis", "joints", "lbs_weights", "uv", "shape_basis",
-             "posedirs", "uv_coords")
-_ARRAYS_I = ("faces", "parents", "mirror", "landmark_vertices", "vertex_part", "uv_faces")
+             "posedirs", "uv_coords", "landmark_bary")
+_ARRAYS_I = ("faces", "parents", "mirror", "landmark_vertices", "vertex_part", "uv_faces",
+             "landmark_tri")
+#: arrays that may be stored as float16 (read back as float32)
+_HALF_OK = ("expression_basis", "shape_basis")
 _STRINGS = ("expression_names", "joint_names", "part_names")
 
 
@@ -161,7 +196,8 @@ def save_head_model(m: HeadModel, path: str | os.PathLike) -> Path:
     for k in _ARRAYS_F:
         a = getattr(m, k)
         if a is not None:
-            payload[k] = np.asarray(a, np.float32)
+            half = k in _HALF_OK and np.asarray(a).dtype == np.float16
+            payload[k] = np.asarray(a, np.float16 if half else np.float32)
     for k in _ARRAYS_I:
         a = getattr(m, k)
         if a is not None:
@@ -194,7 +230,7 @@ def load_head_model(path: str | os.PathLike) -> HeadModel:
     kw: dict[str, Any] = {}
     for k in _ARRAYS_F + _ARRAYS_I:
         if k in d:
-            kw[k] = d[k]
+            kw[k] = d[k].astype(np.float32) if d[k].dtype == np.float16 else d[k]
     for k in _STRINGS:
         if k in d:
             kw[k] = tuple(str(x) for x in d[k])

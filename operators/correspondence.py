@@ -132,14 +132,21 @@ def _frame(world: np.ndarray, region: np.ndarray, margin: float = 0.35):
 
 def render_front(world: np.ndarray, tri: np.ndarray, path: str, centre_x: float,
                  centre_z: float, scale: float, resolution: int = 512,
-                 look: str = "studio") -> str:
+                 look: str = "studio", colors: np.ndarray | None = None) -> str:
     """Render the triangle mesh head-on (camera at -Y looking +Y, up +Z) with Workbench into
-    ``path`` (PNG) from a temporary scene, removed afterwards."""
+    ``path`` (PNG) from a temporary scene, removed afterwards. ``colors`` (V,3) linear RGB
+    per vertex paints the mesh (brows, lips, irises) instead of one skin colour."""
     scene = bpy.data.scenes.new("EMOCA_correspondence")
     me = bpy.data.meshes.new("EMOCA_correspondence")
     objs, datas = [], [me]
     try:
         fill_triangle_mesh(me, world, tri)
+        if colors is not None:
+            ca = me.color_attributes.new("Col", "FLOAT_COLOR", "POINT")
+            rgba = np.concatenate([np.asarray(colors, np.float32),
+                                   np.ones((len(world), 1), np.float32)], 1)
+            ca.data.foreach_set("color", rgba.ravel())
+            me.color_attributes.active_color = ca
         me.update()
         ob = bpy.data.objects.new("EMOCA_correspondence", me)
         scene.collection.objects.link(ob)
@@ -165,7 +172,7 @@ def render_front(world: np.ndarray, tri: np.ndarray, path: str, centre_x: float,
         scene.render.filepath = path
         sh = scene.display.shading
         sh.light = "STUDIO"
-        sh.color_type = "SINGLE"
+        sh.color_type = "SINGLE" if colors is None else "VERTEX"
         sh.single_color = (0.80, 0.62, 0.52) if look == "studio" else (0.7, 0.7, 0.7)
         sh.show_cavity = look == "studio"
         if look == "studio":
