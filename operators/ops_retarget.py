@@ -419,7 +419,10 @@ def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict
         frame_start=props.frame_start + offset + first, action_name=f"EMOCA_{stem}",
         calibration=calibration or None, neutral_frame=nf if curves is None else None,
         bone_settings=bone_st or None, frame_range=frame_range, curves=curves,
-        tables=_tables(rs))
+        tables=_tables(rs), eye_drive=rs.eye_drive if rs is not None else "auto")
+    eyes = summary.get("eyes", {})
+    if rs is not None and eyes:
+        rs.eye_status = f"{eyes['drive'].replace('_', ' ')}: {eyes['reason']}"
     text = unmapped_text(summary.get("shape_keys", {})) if curves is None else ""
     if text:
         warnings.append(text)

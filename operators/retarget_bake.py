@@ -18,6 +18,11 @@ world rest orientation). The head is keyed relative to the capture's median head
 faces forward when the actor faces their usual direction, wherever the camera was. The jaw
 and eyes are keyed as captured (zero = closed / looking ahead), relative to the head.
 Pose bones are switched to ``rotation_mode = 'QUATERNION'``.
+
+Eyes are driven once: on ARKit avatars whose eyeLook* keys rotate the eyeball meshes (found by
+a rigid fit of each key, ``gaze.key_rotation``) and whose eye bones carry those eyeballs too,
+keying both would add the rotations; :func:`choose_eye_drive` picks one (or the user does),
+and both eyes get one consistent gaze (``gaze.consistent_gaze``).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from . import blender_anim, rig_build
 from ._core import arkit, core
 
 retarget = importlib.import_module(core.__name__ + ".retarget")
+gaze = importlib.import_module(core.__name__ + ".gaze")
 
 _words = retarget.words
 
@@ -178,10 +184,81 @@ def _key_names(obj) -> list[str]:
     return [kb.name for kb in obj.data.shape_keys.key_blocks[1:]]
 
 
+EYE_DRIVES = ("auto", "bones", "shape_keys")
+
+
+def eyelook_key_rotations(obj, mapping: dict[str, list[str]]) -> dict[str, dict]:
+    """The eyeLook* shape keys of a mesh (as ``mapping`` assigns them) that rotate a part of
+    it rigidly (an eyeball), rather than deform lids: {key: {"channel", "angle_deg",
+    "vertices"}} (``gaze.key_rotation`` on the key's offsets from its relative key)."""
+    eye_keys = {k: ch for ch, ks in mapping.items() if ch in gaze.EYE_LOOK for k in ks}
+    if not eye_keys or obj.data.shape_keys is None:
+        return {}
+    me = obj.data
+    n = len(me.vertices)
+    edges = np.empty(len(me.edges) * 2, np.int64)
+    me.edges.foreach_get("vertices", edges)
+    blocks = me.shape_keys.key_blocks
+    out = {}
+    for k, ch in eye_keys.items():
+        kb = blocks.get(k)
+        if kb is None:
+            continue
+        co = np.empty(n * 3, np.float64)
+        ref = np.empty(n * 3, np.float64)
+        kb.data.foreach_get("co", co)
+        kb.relative_key.data.foreach_get("co", ref)
+        r = gaze.key_rotation(ref.reshape(n, 3), co.reshape(n, 3), edges.reshape(-1, 2))
+        if r is not None:
+            out[k] = {"channel": ch, "angle_deg": r["angle_deg"], "vertices": r["vertices"]}
+    return out
+
+
+def _bone_moves(armature, mesh, bone: str) -> bool:
+    """Whether ``bone`` carries (parenting or skinning) any of ``mesh``."""
+    if mesh.parent == armature and mesh.parent_type == "BONE" and mesh.parent_bone == bone:
+        return True
+    skinned = any(m.type == "ARMATURE" and m.object == armature for m in mesh.modifiers)
+    return skinned and bone in mesh.vertex_groups
+
+
+def choose_eye_drive(requested: str, armature, bones: dict, meshes, rotating: dict
+                     ) -> tuple[str, str]:
+    """Drive each eye one way only. ``requested`` "bones" or "shape_keys" is taken as asked;
+    "auto" takes the eye bones when the character has them and they carry the eyeballs
+    whose eyeLook keys rotate them (or no eyeLook key rotates an eyeball), else the shape
+    keys. Returns (drive, reason shown in the Bones panel)."""
+    if requested not in EYE_DRIVES:
+        raise RetargetError(f"eye drive {requested!r}: expected one of {', '.join(EYE_DRIVES)}")
+    eye_bones = [bones.get(r) for r in ("left_eye", "right_eye") if bones.get(r)]
+    has_bones = armature is not None and bool(eye_bones)
+    turned = sorted(rotating)
+    if requested == "bones":
+        return "bones", ("eye bones (as asked)" + (f"; eyeLook keys of {', '.join(turned)} "
+                                                  f"not keyed" if turned else ""))
+    if requested == "shape_keys":
+        return "shape_keys", "eyeLook shape keys (as asked); eye bones not keyed"
+    if turned and has_bones:
+        by_mesh = {o.name: o for o in meshes}
+        carried = [n for n in turned if any(_bone_moves(armature, by_mesh[n], b)
+                                            for b in eye_bones)]
+        if carried:
+            return "bones", (f"eye bones: they carry {', '.join(carried)}, whose eyeLook keys "
+                             f"also rotate it (those keys are not keyed)")
+        return "shape_keys", (f"eyeLook keys: they rotate {', '.join(turned)}, which the eye "
+                              f"bones do not carry (eye bones not keyed)")
+    if turned:
+        return "shape_keys", f"eyeLook keys: they rotate {', '.join(turned)}"
+    if has_bones:
+        return "bones", "eye bones (no eyeLook key rotates an eyeball)"
+    return "shape_keys", "eyeLook keys (no eye bones)"
+
+
 def bake_capture(capture, targets, armature=None, mapping=None, bones=None, frame_start: int = 1,
                  action_name: str | None = None, set_scene: bool = True, *, calibration=None,
                  neutral_frame: int | None = None, bone_settings=None, frame_range=None,
-                 curves=None, tables=retarget.TABLES) -> dict:
+                 curves=None, tables=retarget.TABLES, eye_drive: str = "auto",
+                 consistent_eyes: bool = True) -> dict:
     """Bake a capture onto characters as plain keyframes, one key per captured frame.
 
     Args:
@@ -208,12 +285,20 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
             geometric solve gives one curve per shape key); with ``mapping`` None each
             channel drives the key of the same name.
         tables: alias tables for the name guess (see ``retarget.name_mapping``).
+        eye_drive: how the eyes turn: ``"bones"`` (eye bones; eyeLook keys that rotate an
+            eyeball are not keyed), ``"shape_keys"`` (eyeLook keys; eye bones not keyed;
+            keys that rotate an eyeball get the weights that reproduce the gaze) or
+            ``"auto"``: chosen by what the character has (:func:`choose_eye_drive`).
+        consistent_eyes: give both eyes one gaze (``gaze.consistent_gaze``) before keying.
     Returns:
         {"frames": (first, last) scene frames, "fps": float, "keys": total keys written,
          "actions": {object name: action name},
          "shape_keys": {mesh name: {"mapped": {channel: [keys]}, "unmapped_channels": [...],
                                     "unmapped_keys": [...]}},
-         "bones": {role: bone}, "missing_bones": [roles not found], "warnings": [...]}
+         "bones": {role: bone}, "missing_bones": [roles not found], "warnings": [...],
+         "eyes": {"drive": "bones" | "shape_keys", "requested", "reason",
+                  "rotating_keys": {mesh: [eyeLook keys that rotate an eyeball]},
+                  "max_disagreement_deg", "crossed_frames"}}
     Raises:
         RetargetError: nothing to drive (no shape keys and no armature, or an armature with
             none of the head/jaw/eye bones and no mapped shape keys), a bad frame range.
@@ -256,8 +341,8 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
     summary = {"frames": (int(frames[0]), int(frames[-1])), "fps": capture.fps, "keys": 0,
                "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": [], "warnings": []}
 
+    mappings = {}
     for obj in meshes:
-        key = obj.data.shape_keys
         key_names = _key_names(obj)
         present = set(key_names)
         if mapping is not None:
@@ -269,23 +354,10 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
         m = {ch: [k for k in ks if k in present] for ch, ks in m.items() if ch in col}
         m = {ch: ks for ch, ks in m.items() if ks}
         retarget.check_mapping(m)
-        name = f"{base}|{obj.name}"
-        action, bag = blender_anim.ensure_action(key, name)
-        for ch, ks in m.items():
-            v = values[:, col[ch]]
-            for k in ks:
-                blender_anim.write_fcurve(bag, f'key_blocks["{rig_build._esc(k)}"].value', 0,
-                                          frames, v)
-                summary["keys"] += N
-        summary["actions"][obj.name] = action.name
-        summary["shape_keys"][obj.name] = {
-            "mapped": m,
-            "unmapped_channels": [ch for ch in ch_names if ch not in m],
-            "unmapped_keys": unmapped_keys(key_names, m),
-        }
+        mappings[obj.name] = m
 
+    settings = dict(bone_settings or {})
     if armature is not None:
-        settings = dict(bone_settings or {})
         if bones is None:
             bones = guess_bones(armature)
         bones = dict(bones)
@@ -298,10 +370,51 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                    if r in retarget.ROLES and b and b not in armature.pose.bones]
         if unknown:
             raise RetargetError(f"armature {armature.name} has no bone(s) {', '.join(unknown)}")
-        eyes = np.asarray(capture["eyes"], np.float64)
+    eyes = np.asarray(capture["eyes"], np.float64)
+    eye_info = {}
+    if consistent_eyes:
+        eyes, eye_info = gaze.consistent_gaze(eyes, capture["head_rotation"], capture.fps)
+    rotating = {o.name: eyelook_key_rotations(o, mappings[o.name]) for o in meshes}
+    rotating = {k: v for k, v in rotating.items() if v}
+    drive, reason = choose_eye_drive(eye_drive, armature, bones or {}, meshes, rotating)
+    summary["eyes"] = {"drive": drive, "requested": eye_drive, "reason": reason,
+                       "rotating_keys": {k: sorted(v) for k, v in rotating.items()}, **eye_info}
+
+    for obj in meshes:
+        key = obj.data.shape_keys
+        m = mappings[obj.name]
+        turns = rotating.get(obj.name, {})
+        override = {}
+        if turns and drive == "bones":          # the eye bones turn this eyeball: not its keys
+            m = {ch: [k for k in ks if k not in turns] for ch, ks in m.items()}
+            m = {ch: ks for ch, ks in m.items() if ks}
+        elif turns:                              # these keys turn the eyeball: key the gaze
+            angles = {}
+            for k, rot in turns.items():
+                angles.setdefault(rot["channel"], []).append(np.radians(rot["angle_deg"]))
+            w = gaze.eyelook_weights(eyes[sel], {c: float(np.mean(a)) for c, a in angles.items()})
+            override = {k: w[rot["channel"]] for k, rot in turns.items() if rot["channel"] in w}
+        name = f"{base}|{obj.name}"
+        action, bag = blender_anim.ensure_action(key, name)
+        for ch, ks in m.items():
+            v = values[:, col[ch]]
+            for k in ks:
+                blender_anim.write_fcurve(bag, f'key_blocks["{rig_build._esc(k)}"].value', 0,
+                                          frames, override.get(k, v))
+                summary["keys"] += N
+        summary["actions"][obj.name] = action.name
+        summary["shape_keys"][obj.name] = {
+            "mapped": m,
+            "unmapped_channels": [ch for ch in ch_names if ch not in m],
+            "unmapped_keys": unmapped_keys(_key_names(obj), m),
+        }
+
+    if armature is not None:
         sources = {"head": relative_head_rotation(capture),
                    "jaw": np.asarray(capture["jaw"], np.float64),
                    "left_eye": eyes[:, 0], "right_eye": eyes[:, 1]}
+        if drive == "shape_keys":
+            sources = {r: v for r, v in sources.items() if r not in ("left_eye", "right_eye")}
         rot = {}
         for role, r in sources.items():
             b = bones.get(role)
@@ -332,4 +445,5 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
 
 
 __all__ = ["arkit_name_mapping", "unmapped_keys", "find_targets", "guess_bones",
-           "bake_capture", "RetargetError", "relative_head_rotation", "median_rotation"]
+           "bake_capture", "RetargetError", "relative_head_rotation", "median_rotation",
+           "choose_eye_drive", "eyelook_key_rotations", "EYE_DRIVES"]

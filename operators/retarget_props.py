@@ -94,6 +94,18 @@ class EMOCA_RetargetSettings(bpy.types.PropertyGroup):
     bones: CollectionProperty(type=EMOCA_RetargetBone)
     use_bones: BoolProperty(name="Bones", description="Key the head, jaw and eye bones",
                             default=True)
+    eye_drive: EnumProperty(
+        name="Eyes", description="Drive each eye one way only (on avatars whose eyeLook "
+        "shape keys also rotate the eyeballs, keying both would double the gaze)",
+        items=[('auto', "Auto", "Chosen by what the character has: the eye bones when they "
+                "carry the eyeballs or no eyeLook key rotates one, else the eyeLook keys"),
+               ('bones', "Eye Bones", "Key the eye bones; eyeLook keys that rotate an eyeball "
+                "are not keyed"),
+               ('shape_keys', "eyeLook Keys", "Key the eyeLook shape keys (weights that "
+                "reproduce the gaze on keys that rotate an eyeball); eye bones not keyed")],
+        default='auto')
+    eye_status: StringProperty(name="Eyes Driven By", default="",
+                               description="How the last Retarget drove the eyes, and why")
     use_neutral_frame: BoolProperty(
         name="Neutral Frame", description="Zero the actor's resting expression: the curves "
         "are measured from their values at the neutral frame", default=False)

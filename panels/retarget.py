@@ -179,6 +179,10 @@ class EMOCA_PT_retarget_bones(_RetargetSub, bpy.types.Panel):
         if arm is None:
             layout.label(text="No armature among the targets", icon='INFO')
             return
+        row = layout.row()
+        row.prop(rs, "eye_drive")
+        if rs.eye_status:
+            layout.label(text=f"Eyes: {rs.eye_status}", icon='HIDE_OFF')
         if len(rs.bones) == 0:
             layout.label(text="Guess Mapping finds the head, jaw and eye bones", icon='INFO')
             return
