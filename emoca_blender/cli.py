@@ -131,7 +131,8 @@ def cmd_export(args, progress) -> int:
     scene = _blender_side("cli_scene")
     out = Path(args.output)
     _check_writable(out)
-    path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects)
+    path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects,
+                                     preset=args.preset, face_only=args.face_only)
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -284,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("blend")
     p.add_argument("-o", "--output", required=True, help="output .fbx")
     p.add_argument("--objects", nargs="*", default=None, help="object names (default: all animated)")
+    p.add_argument("--preset", default="generic", choices=("generic", "unity", "unreal", "plain"),
+                   help="FBX preset: take named after the clip, neutral rest pose, character "
+                        "at its origin, transforms applied (default generic; plain: the "
+                        "exporter's own output)")
+    p.add_argument("--face-only", action="store_true",
+                   help="export only the meshes with shape keys (and their armature)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="the whole job: capture, rig, retarget, export",

@@ -171,7 +171,8 @@ def _animated(objs) -> list:
     return out
 
 
-def export_blend_to_fbx(blend: Path, out: Path, objects=None) -> Path:
+def export_blend_to_fbx(blend: Path, out: Path, objects=None, preset: str = "generic",
+                       face_only: bool = False) -> Path:
     if not Path(blend).is_file():
         raise _bad_input(f".blend file {blend} does not exist")
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -185,7 +186,8 @@ def export_blend_to_fbx(blend: Path, out: Path, objects=None) -> Path:
         objs = _animated(scene.objects)
     if not objs:
         raise _bad_input(f"{Path(blend).name} has no animated object to export")
-    return fbx_io.export_fbx(out, objs, frame_start=scene.frame_start, frame_end=scene.frame_end)
+    return fbx_io.export_fbx(out, objs, frame_start=scene.frame_start, frame_end=scene.frame_end,
+                             preset=preset, face_only=face_only)
 
 
 def run_job(capture, out_dir: Path, name: str, character: str = "sample",

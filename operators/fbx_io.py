@@ -18,6 +18,7 @@ created afterwards, so the user's scene, selection and data are left as they wer
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -48,8 +49,120 @@ def _with_armatures(objects) -> list:
     return out
 
 
+#: engine presets: exporter options (the rest of :func:`export_fbx`'s work is common to all)
+PRESETS = {
+    # metres with transforms applied: roots at scale 1 and rotation 0 in Unity
+    "unity": dict(apply_scale_options="FBX_SCALE_ALL", bake_space_transform=True),
+    # Unreal converts axes and units itself; an armature object named "Armature" is not
+    # turned into an extra root bone by its importer
+    "unreal": dict(apply_scale_options="FBX_SCALE_NONE", bake_space_transform=False),
+    "generic": dict(apply_scale_options="FBX_SCALE_ALL", bake_space_transform=True),
+    # the exporter's plain output (before presets): kept for comparison
+    "plain": dict(apply_scale_options="FBX_SCALE_NONE", bake_space_transform=False),
+}
+_REST = {"rotation_quaternion": (1.0, 0.0, 0.0, 0.0), "scale": (1.0, 1.0, 1.0)}
+
+
+def _rest_value(data_path: str, index: int) -> float:
+    """The neutral value of an animated property: shape keys 0, rotations identity..."""
+    prop = data_path.rsplit(".", 1)[-1]
+    rest = _REST.get(prop)
+    return float(rest[index]) if rest is not None and index < len(rest) else 0.0
+
+
+@contextlib.contextmanager
+def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool):
+    """For the duration: the scene is named ``take`` (the exporter names its one take after
+    the scene), the current frame is ``frame_start - 1`` where every animated curve of
+    ``objs`` holds a temporary rest key (so the file's rest pose is the neutral: shape keys
+    0, bones at rest), root objects without location keys sit at the origin (no offset
+    written or keyed), and for Unreal the armature object is named "Armature"."""
+    undo = []
+    rest_frame = frame_start - 1
+    try:
+        old_name = scene.name
+        scene.name = take
+        undo.append(lambda: setattr(scene, "name", old_name))
+        for o in objs:
+            ids = [o] + ([o.data.shape_keys] if o.type == "MESH" and o.data.shape_keys else [])
+            for idb in ids:
+                for bag in blender_anim.channelbags_of(idb):
+                    for fc in bag.fcurves:
+                        if any(abs(k.co[0] - rest_frame) < 1e-6 for k in fc.keyframe_points):
+                            continue
+                        kp = fc.keyframe_points.insert(rest_frame, _rest_value(fc.data_path,
+                                                                                fc.array_index),
+                                                       options={"FAST"})
+                        kp.interpolation = "CONSTANT"
+                        undo.append(lambda fc=fc: _drop_key(fc, rest_frame))
+        names = {o.name for o in objs}
+        for o in objs:
+            if o.parent is not None and o.parent.name in names:
+                continue
+            keyed = any(dp == "location" for bag in blender_anim.channelbags_of(o)
+                        for dp in (fc.data_path for fc in bag.fcurves))
+            if not keyed and o.location.length > 0:
+                loc = o.location.copy()
+                o.location = (0.0, 0.0, 0.0)
+                undo.append(lambda o=o, loc=loc: setattr(o, "location", loc))
+        if unreal:
+            arms = [o for o in objs if o.type == "ARMATURE"]
+            if len(arms) == 1 and arms[0].name != "Armature":
+                other = bpy.data.objects.get("Armature")
+                a, old = arms[0], arms[0].name
+                if other is not None:
+                    other.name = "Armature.emoca_tmp"
+                    undo.append(lambda other=other: setattr(other, "name", "Armature"))
+                a.name = "Armature"
+                undo.append(lambda a=a, old=old: setattr(a, "name", old))
+        prev = scene.frame_current
+        scene.frame_set(rest_frame)
+        undo.append(lambda: scene.frame_set(prev))
+        yield
+    finally:
+        for f in reversed(undo):
+            f()
+
+
+def _drop_key(fc, frame: float) -> None:
+    for k in reversed(list(fc.keyframe_points)):
+        if abs(k.co[0] - frame) < 1e-6:
+            fc.keyframe_points.remove(k, fast=True)
+    fc.update()
+
+
+FBX_KTIME = 46186158000          # FBX time units per second
+
+
+def _set_time_span(path, start_s: float, stop_s: float) -> None:
+    """Write the take's span into the file's global TimeSpanStart/Stop (bpy 5.0.1's exporter
+    always writes 0-1 s there; engines that read the global span then cut or pad the clip).
+    The two int64 values are patched in place (same length, binary FBX)."""
+    data = bytearray(Path(path).read_bytes())
+    for name, sec in ((b"TimeSpanStart", start_s), (b"TimeSpanStop", stop_s)):
+        pat = (name + b"S\x05\x00\x00\x00KTimeS\x04\x00\x00\x00TimeS\x00\x00\x00\x00L")
+        i = data.find(pat)
+        if i < 0 or data.find(pat, i + 1) >= 0:
+            raise FbxExportError(f"cannot find one {name.decode()} in the exported FBX")
+        j = i + len(pat)
+        data[j:j + 8] = int(round(sec * FBX_KTIME)).to_bytes(8, "little", signed=True)
+    Path(path).write_bytes(bytes(data))
+
+
+def take_name_of(objects) -> str:
+    """The take's name: the base of the objects' baked actions (``<base>|<object>``), else
+    the first action's name, else "Take"."""
+    for o in objects:
+        for idb in (o, getattr(getattr(o, "data", None), "shape_keys", None)):
+            ad = getattr(idb, "animation_data", None)
+            if ad is not None and ad.action is not None:
+                return ad.action.name.split("|", 1)[0]
+    return "Take"
+
+
 def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool = True,
-               global_scale: float = 1.0) -> Path:
+               global_scale: float = 1.0, preset: str = "generic", take_name: str | None = None,
+               face_only: bool = False) -> Path:
     """Export ``objects`` (plus their armatures) with their animation to an FBX file.
 
     The file is written under a temporary name in the same folder and renamed when complete.
@@ -62,6 +175,12 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
         frame_start, frame_end: the frame range baked into the take.
         verify: re-import the file (:func:`read_fbx_animation`) and raise
             :class:`FbxExportError` when an animated object comes back without animation.
+        preset: "unity", "unreal", "generic" (engine-ready: see :data:`PRESETS` and
+            :func:`_engine_ready`: the take named after the clip, a neutral rest pose, the
+            character at its own origin, transforms applied) or "plain" (the exporter's own
+            output, for comparison).
+        take_name: the take's name (default: the clip's, from the baked actions).
+        face_only: export only the meshes with shape keys (and their armature).
     Returns:
         the path written.
     """
@@ -70,7 +189,14 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
         path = path.with_suffix(".fbx")
     if not path.parent.is_dir():
         raise FbxExportError(f"output folder {path.parent} does not exist")
+    if preset not in PRESETS:
+        raise FbxExportError(f"unknown FBX preset {preset!r}: one of {', '.join(PRESETS)}")
+    if face_only:
+        objects = [o for o in objects if o is not None and (o.type == "ARMATURE" or (
+            o.type == "MESH" and o.data.shape_keys is not None))]
     objs = _with_armatures(objects)
+    if face_only:
+        objs = [o for o in objs if o.type != "MESH" or o.data.shape_keys is not None]
     if not objs:
         raise FbxExportError("nothing to export: no objects given")
     scene = bpy.context.scene
@@ -96,13 +222,15 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
             o.select_set(True)
         view_layer.objects.active = objs[0]
         scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
-        with bpy.context.temp_override(selected_objects=objs, active_object=objs[0]), \
+        ready = contextlib.nullcontext() if preset == "plain" else _engine_ready(
+            objs, scene, int(frame_start), take_name or take_name_of(objs), preset == "unreal")
+        with ready, bpy.context.temp_override(selected_objects=objs, active_object=objs[0]), \
                 capture_file.written_beside(path, suffix=".fbx.part") as tmp:
             res = bpy.ops.export_scene.fbx(
                 filepath=tmp, check_existing=False, use_selection=True,
                 object_types={"ARMATURE", "MESH", "EMPTY"},
-                global_scale=global_scale, apply_unit_scale=True, apply_scale_options="FBX_SCALE_NONE",
-                axis_forward="-Z", axis_up="Y", bake_space_transform=False,
+                global_scale=global_scale, apply_unit_scale=True,
+                axis_forward="-Z", axis_up="Y", **PRESETS[preset],
                 use_mesh_modifiers=False, mesh_smooth_type="FACE", use_tspace=False,
                 add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X",
                 armature_nodetype="NULL",
@@ -112,6 +240,9 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                 bake_anim_simplify_factor=0.0, path_mode="AUTO", embed_textures=False)
             if "FINISHED" not in res:
                 raise FbxExportError(f"the FBX exporter returned {res}")
+            if preset != "plain":
+                fps = scene.render.fps / scene.render.fps_base
+                _set_time_span(tmp, int(frame_start) / fps, int(frame_end) / fps)
     finally:
         scene.frame_start, scene.frame_end = prev_range
         for o in objs:
@@ -130,6 +261,8 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                 blender_anim.read_fcurves(o.data.shape_keys)
             animated_bones = o.type == "ARMATURE" and blender_anim.read_fcurves(o)
             entry = got.get(o.name)
+            if entry is None and preset == "unreal" and o.type == "ARMATURE":
+                entry = got.get("Armature")             # named so for Unreal (see above)
             if animated_keys and not (entry and entry["shape_keys"]):
                 problems.append(f"{o.name}: shape-key animation missing")
             if animated_bones and not (entry and entry["bones"]):
@@ -259,4 +392,5 @@ def save_blend(path) -> Path:
     return path
 
 
-__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "FbxExportError"]
+__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "FbxExportError", "PRESETS",
+           "take_name_of"]
