@@ -414,12 +414,19 @@ def part_triangles(model: HeadModel, xy_lm: np.ndarray) -> dict[str, np.ndarray]
     cen = V[F].mean(1)
     sets = {"skin": F[skin_f], "iris": F[eyes_f]}
 
+    front_f = (fpart == pn.index("face")).all(1)
+
     def split(c0, c1, radius):
+        """Face-skin triangles near the opening between two corners, above and below the
+        line through them, and in front (a ray through a closed seam must not reach the
+        back of the head)."""
         a, b = xy_lm[c0], xy_lm[c1]
         mid = 0.5 * (a + b)
         near = np.linalg.norm(cen[:, :2] - mid, axis=1) < radius
+        zc = np.median(cen[front_f & near, 2])
+        near &= front_f & (np.abs(cen[:, 2] - zc) < radius)
         yline = a[1] + (cen[:, 0] - a[0]) * (b[1] - a[1]) / (b[0] - a[0])
-        return skin_f & near & (cen[:, 1] > yline), skin_f & near & (cen[:, 1] <= yline)
+        return near & (cen[:, 1] > yline), near & (cen[:, 1] <= yline)
 
     ru, rl = split(33, 133, 0.02)
     lu, ll = split(263, 362, 0.02)
