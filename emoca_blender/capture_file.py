@@ -2,9 +2,12 @@
 
 A capture is stored as ``<name>.capture.npz`` (every per-frame array, plus the column
 names of every multi-column array and the metadata as JSON) and a small human-readable
-``<name>.capture.json`` sidecar. Both are written atomically (temporary file + rename);
-the sidecar is written last and records the hash of the npz, so a file is taken as
-complete only when both exist and agree.
+``<name>.capture.json`` sidecar that records the hash of the npz, so a file is taken as
+complete only when both exist and agree. Writing never leaves the previous capture of the
+same name unreadable (see :func:`save_capture`): both files are completed under temporary
+names and published by renames that keep, at every instant, either the old pair or the new
+pair complete; two writers of one name take turns (a lock beside it), the last one wins
+as a whole pair.
 
 Array layout (N = frames, L = landmarks, K = expression components):
 
@@ -41,10 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
 import tempfile
+import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from .arkit import ARKIT_NAMES
+from .errors import BadInput
 
 SCHEMA_VERSION = 1
 SUFFIX = ".capture.npz"
@@ -252,13 +262,17 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """blake2b-128 of a file's content, hex."""
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
+        return _hash_fileobj(f, chunk)
+
+
+def _hash_fileobj(f, chunk: int = 1 << 22) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    while True:
+        b = f.read(chunk)
+        if not b:
+            break
+        h.update(b)
     return h.hexdigest()
 
 
@@ -269,41 +283,184 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+    PUBLISHED.append(Path(path))
+
+
+#: every path this process published (the CLI says what a cancelled run had already written)
+PUBLISHED: list[Path] = []
+
+_HELD: dict[tuple[int, str], int] = {}   # (thread, lock file) -> depth: the lock is re-entrant
 
 
 @contextlib.contextmanager
-def written_beside(path: str | os.PathLike, suffix: str = ".part", placeholder: bool = True):
-    """The one atomic-write step for every writer that wants a file name: yields a temporary
-    name in ``path``'s folder (a file created there, or only the name when ``placeholder``
-    is False, for writers that back up an existing file); when the block ends without error
-    the file is published over ``path`` (:func:`publish`), otherwise it is removed, with any
-    ``<name>1`` backup the writer left (Blender's), and ``path`` is untouched."""
+def output_lock(path: str | os.PathLike):
+    """Hold the lock of one output name, across processes and threads: ``flock`` on
+    ``.<name>.lock`` beside it (created when missing, removed when released; a lock file
+    that was removed while this one waited is not taken). Re-entrant in one thread; a
+    process that dies lets go of it."""
+    import fcntl
+
     path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    key = (threading.get_ident(), os.path.abspath(lock))
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(lock)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+            break
+        os.close(fd)      # the holder before us removed this lock file: take the new one
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def remove_leftovers(path: str | os.PathLike, suffix: str = ".part") -> list[Path]:
+    """Delete the temporary files (``.<name>.XXXXXXXX<suffix>``, and Blender's ``...1``
+    backups of them) that writers of ``path`` killed before they could clean up left
+    beside it. Call it holding :func:`output_lock` of ``path``: every live writer of the
+    name holds that lock while its temporary file exists, so these are all dead ones'."""
+    path = Path(path)
+    pat = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]{8}" + re.escape(suffix) + "1?$")
+    gone = []
+    with contextlib.suppress(OSError):
+        for q in path.parent.iterdir():
+            if pat.match(q.name):
+                with contextlib.suppress(OSError):
+                    q.unlink()
+                    gone.append(q)
+    return gone
+
+
+#: errno -> what it means for an output folder
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EFBIG: "file size limit reached", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
+_WRITE_PHRASES = {"No space left on device": errno.ENOSPC, "Errno 28": errno.ENOSPC,
+                  "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG,
+                  "Permission denied": errno.EACCES, "Read-only file system": errno.EROFS}
+
+
+def write_problem(exc: BaseException, path: str | os.PathLike,
+                  need_bytes: int = 0) -> BadInput | None:
+    """The BadInput (exit 2) to raise instead of ``exc`` when writing ``path`` failed for a
+    reason of its folder (full disk, quota, file size limit, permissions), naming the folder
+    and the space; None for other errors. Reads OSError's errno and Blender's RuntimeError
+    text (its writers report the C library's message)."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code not in _WRITE_ERRORS and isinstance(exc, (OSError, RuntimeError)):
+        code = next((c for k, c in _WRITE_PHRASES.items() if k in str(exc)), None)
+    if code not in _WRITE_ERRORS:
+        return None
+    path = Path(path)
+    folder = path.parent.resolve()
+    msg = f"cannot write {path.name} in {folder}: {_WRITE_ERRORS[code]}"
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            free = shutil.disk_usage(folder).free
+            need = f"about {_mb(need_bytes)} needed" if need_bytes else "free some space"
+            msg += f" ({_mb(free)} free, {need})"
+        except OSError:
+            pass
+    return BadInput(msg)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold SIGINT and SIGTERM back (delivered when the block ends) while a group of renames
+    must happen together; a no-op outside the main thread, where Python runs no handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _temp_beside(path: Path, suffix: str = ".part") -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    if not placeholder:
-        os.unlink(tmp)
+    return tmp
+
+
+def _unlink_all(*names) -> None:
+    for name in names:
+        if name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+@contextlib.contextmanager
+def written_beside(path: str | os.PathLike, suffix: str = ".part", placeholder: bool = True,
+                   need_bytes: int = 0):
+    """The one atomic-write step for every writer that wants a file name: holding the
+    output's lock (:func:`output_lock`; leftovers of killed writers are removed first),
+    yields a temporary name in ``path``'s folder (a file created there, or only the name
+    when ``placeholder`` is False, for writers that back up an existing file); when the
+    block ends without error the file is published over ``path`` (:func:`publish`),
+    otherwise it is removed, with any ``<name>1`` backup the writer left (Blender's), and
+    ``path`` is untouched. A full disk or a permission problem becomes BadInput naming the
+    folder (:func:`write_problem`)."""
+    path = Path(path)
     try:
-        yield tmp
-        publish(tmp, path)
-    except BaseException:
-        for leftover in (tmp, tmp + "1"):
+        with output_lock(path):
+            remove_leftovers(path, suffix)
+            tmp = _temp_beside(path, suffix)
+            if not placeholder:
+                os.unlink(tmp)
             try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        raise
+                yield tmp
+                publish(tmp, path)
+            except BaseException:
+                _unlink_all(tmp, tmp + "1")
+                raise
+    except (OSError, RuntimeError) as e:
+        problem = write_problem(e, path, need_bytes)
+        if problem is None:
+            raise
+        raise problem from None
 
 
-def atomic_write_bytes(path: str | os.PathLike, data_writer) -> None:
+def _write_synced(name: str, data_writer) -> None:
+    with open(name, "wb") as f:
+        data_writer(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data_writer, need_bytes: int = 0) -> None:
     """Write a file atomically: ``data_writer(fileobj)`` writes into a temporary file in the
     same folder, which is fsynced and renamed over ``path``. On any error the temporary file
     is removed and ``path`` is untouched."""
-    with written_beside(path) as tmp:
-        with open(tmp, "wb") as f:
-            data_writer(f)
-            f.flush()
-            os.fsync(f.fileno())
+    with written_beside(path, need_bytes=need_bytes) as tmp:
+        _write_synced(tmp, data_writer)
 
 
 def _json_default(o):
@@ -342,7 +499,8 @@ def _write_npz(f, payload: dict[str, np.ndarray], compress: bool) -> None:
 
 def save_capture(cap: Capture, path: str | os.PathLike, compress: bool = True) -> Path:
     """Validate and write ``cap`` to ``path`` (which should end in ``.capture.npz``) and its
-    sidecar. Returns the npz path. ``compress`` deflates the members that gain from it
+    sidecar (:func:`write_pair`: the previous capture of that name stays readable until the
+    new one is). Returns the npz path. ``compress`` deflates the members that gain from it
     (names, metadata, small arrays); large float arrays are always stored."""
     validate(cap)
     path = Path(path)
@@ -358,31 +516,168 @@ def save_capture(cap: Capture, path: str | os.PathLike, compress: bool = True) -
     for k, v in cap.names.items():
         payload[f"{k}_names"] = np.array(v, dtype=np.str_)
     payload["meta_json"] = np.array(json.dumps(meta, default=_json_default))
-    # Sidecar goes first *away*: a stale sidecar must not vouch for a new npz.
-    side = sidecar_path(path)
-    if side.exists():
-        side.unlink()
-    atomic_write_bytes(path, lambda f: _write_npz(f, payload, compress))
-    side_meta = dict(meta)
-    side_meta["npz_file"] = path.name
-    side_meta["npz_hash"] = file_hash(path)
-    atomic_write_bytes(side, lambda f: f.write(
-        json.dumps(side_meta, indent=2, default=_json_default).encode()))
+    need = sum(np.asarray(v).nbytes for v in payload.values())
+    write_pair(path, lambda f: _write_npz(f, payload, compress), meta, need_bytes=need)
     cap.meta = meta
     return path
 
 
-def is_complete(path: str | os.PathLike) -> bool:
-    """True when the npz and its sidecar exist and the sidecar's hash matches the npz."""
-    path = Path(path)
+def pending_sidecar_path(path: str | os.PathLike) -> Path:
+    """Where :func:`write_pair` puts the new sidecar while it renames the new npz in place
+    (``.<name>.capture.json.pending``); it vouches for the npz only during that instant,
+    or after a writer was killed in it."""
     side = sidecar_path(path)
-    if not (path.is_file() and side.is_file()):
-        return False
+    return side.with_name(f".{side.name}.pending")
+
+
+def _sidecar_bytes(meta: dict, npz_name: str, npz_hash: str) -> bytes:
+    side_meta = dict(meta)
+    side_meta["npz_file"] = npz_name
+    side_meta["npz_hash"] = npz_hash
+    return json.dumps(side_meta, indent=2, default=_json_default).encode()
+
+
+def _read_json(p: Path) -> dict | None:
     try:
-        meta = json.loads(side.read_text())
-        return meta.get("npz_hash") == file_hash(path)
+        d = json.loads(p.read_bytes())
     except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _roll_forward(path: Path) -> None:
+    """Finish or undo the publish of a writer killed between its renames (call it holding
+    the lock): a pending sidecar that vouches for the npz in place becomes the sidecar;
+    one that does not (the npz rename never happened) is dropped."""
+    pending = pending_sidecar_path(path)
+    if not pending.exists():
+        return
+    d = _read_json(pending)
+    if d is not None and path.is_file() and d.get("npz_hash") == file_hash(path):
+        os.replace(pending, sidecar_path(path))
+    else:
+        _unlink_all(pending)
+
+
+def write_pair(path: str | os.PathLike, npz_writer, meta: dict, need_bytes: int = 0) -> None:
+    """Write a capture's npz (``npz_writer(fileobj)``) and its sidecar (``meta`` plus the
+    npz's name and hash) so that the capture of that name is complete at every instant:
+    the old pair until the new one is. Holding the name's lock (:func:`output_lock`; a
+    second writer waits and then replaces this one's pair whole), after cleaning up what
+    killed writers left (:func:`remove_leftovers`, :func:`_roll_forward`):
+
+    1. the npz and the sidecar are written to temporary files and fsynced;
+    2. the sidecar is renamed to the pending name (:func:`pending_sidecar_path`);
+    3. the npz is renamed over ``path``: it is complete by the pending sidecar;
+    4. the pending sidecar is renamed over the sidecar: the new pair is in place.
+
+    SIGINT and SIGTERM wait until the renames are done; a kill between them leaves a
+    capture that reads (:func:`verified_npz`) and that the next writer completes. Any error
+    before step 3 leaves the old pair as it was and no temporary file; a full disk or a
+    permission problem is BadInput naming the folder."""
+    path = Path(path)
+    side, pending = sidecar_path(path), pending_sidecar_path(path)
+    tmp_npz = tmp_side = None
+    try:
+        with output_lock(path):
+            _roll_forward(path)
+            remove_leftovers(path)
+            remove_leftovers(side)
+            try:
+                tmp_npz = _temp_beside(path)
+                _write_synced(tmp_npz, npz_writer)
+                data = _sidecar_bytes(meta, path.name, file_hash(tmp_npz))
+                tmp_side = _temp_beside(side)
+                _write_synced(tmp_side, lambda f: f.write(data))
+                with signals_held():
+                    publish(tmp_side, pending)
+                    publish(tmp_npz, path)
+                    publish(pending, side)
+                _fsync_dir(path.parent)
+            except BaseException:
+                _unlink_all(tmp_npz, tmp_side)
+                raise
+    except OSError as e:
+        problem = write_problem(e, path, need_bytes)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def verified_npz(path: str | os.PathLike):
+    """Open a capture's npz and check it against its sidecar: returns ``(file, meta)``, the
+    open npz (read from this one file, whatever renames happen meanwhile) and the sidecar
+    that vouches for it (the pending one while a writer is between its renames, or after it
+    was killed there). Raises CaptureError naming what is wrong."""
+    path = Path(path)
+    side, pending = sidecar_path(path), pending_sidecar_path(path)
+    for attempt in range(4):   # a writer renaming between our reads: look again
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise CaptureError(f"capture file {path} does not exist") from None
+        except OSError as e:
+            raise CaptureError(f"capture file {path} cannot be read ({e.strerror})") from None
+        digest = _hash_fileobj(f)
+        metas = [m for m in (_read_json(side), _read_json(pending)) if m is not None]
+        for m in metas:
+            if m.get("npz_hash") == digest:
+                _check_schema(path, m.get("schema_version"), "its sidecar")
+                f.seek(0)
+                return f, m
+        f.close()
+        if attempt < 3:
+            time.sleep(0.05)
+    if not side.is_file():
+        raise CaptureError(f"capture {path.name} has no sidecar {side.name}: "
+                           "it was not completely written; capture the video again")
+    if _read_json(side) is None:
+        raise CaptureError(f"sidecar {side.name} is not valid JSON; capture the video again")
+    raise CaptureError(f"capture {path.name} does not match its sidecar (changed or "
+                       "partly written); capture the video again")
+
+
+def _check_schema(path: Path, version, where: str) -> None:
+    if version == SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise CaptureError(f"{path.name} is a capture of schema version {version} ({where}), "
+                           f"written by a newer emoca_blender; this one reads version "
+                           f"{SCHEMA_VERSION}: update the add-on")
+    raise CaptureError(f"{path.name} has schema version {version} ({where}); this add-on "
+                       f"reads version {SCHEMA_VERSION}: capture the video again")
+
+
+def copy_capture(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a complete capture (the npz that its sidecar vouches for) to ``dst`` by
+    :func:`write_pair`."""
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        return
+    f, meta = verified_npz(src)
+    with f:
+        meta = {k: v for k, v in meta.items() if k not in ("npz_file", "npz_hash")}
+        write_pair(dst, lambda out: shutil.copyfileobj(f, out), meta,
+                   need_bytes=os.fstat(f.fileno()).st_size)
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True when the npz exists and its sidecar vouches for it (hash and schema)."""
+    try:
+        f, _ = verified_npz(path)
+    except CaptureError:
         return False
+    f.close()
+    return True
 
 
 def load_capture(path: str | os.PathLike, check_sidecar: bool = True) -> Capture:
@@ -391,29 +686,18 @@ def load_capture(path: str | os.PathLike, check_sidecar: bool = True) -> Capture
     if not path.is_file():
         raise CaptureError(f"capture file {path} does not exist")
     if check_sidecar:
-        side = sidecar_path(path)
-        if not side.is_file():
-            raise CaptureError(f"capture {path.name} has no sidecar {side.name}: "
-                               "it was not completely written; capture the video again")
-        try:
-            side_meta = json.loads(side.read_text())
-        except ValueError as e:
-            raise CaptureError(f"sidecar {side.name} is not valid JSON ({e})") from None
-        if side_meta.get("npz_hash") != file_hash(path):
-            raise CaptureError(f"capture {path.name} does not match its sidecar (changed or "
-                               "partly written); capture the video again")
+        f, _ = verified_npz(path)
+    else:
+        f = open(path, "rb")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with f, np.load(f, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CaptureError(f"{path.name} is not a readable capture file ({e})") from None
     if "meta_json" not in data:
         raise CaptureError(f"{path.name} has no metadata: not a capture file")
     meta = json.loads(str(data.pop("meta_json")))
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CaptureError(f"{path.name} has schema version {version}; this add-on reads "
-                           f"version {SCHEMA_VERSION}: capture the video again")
+    _check_schema(path, meta.get("schema_version"), "its own metadata")
     names = {k[: -len("_names")]: tuple(str(x) for x in v)
              for k, v in data.items() if k.endswith("_names")}
     arrays = {k: v for k, v in data.items() if not k.endswith("_names")}
@@ -448,4 +732,5 @@ def describe(cap: Capture) -> str:
 
 __all__ = ["Capture", "CaptureError", "FIELDS", "SCHEMA_VERSION", "make_capture",
            "save_capture", "load_capture", "is_complete", "file_hash", "settings_key",
-           "sidecar_path", "atomic_write_bytes", "describe"]
+           "sidecar_path", "atomic_write_bytes", "describe", "copy_capture", "write_pair",
+           "verified_npz", "output_lock", "written_beside", "write_problem"]

@@ -7,7 +7,6 @@ writing and cancellation.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,14 +101,6 @@ def _model_hash(path: str) -> str:
     return h
 
 
-def _copy_capture(src: Path, dst: Path) -> None:
-    """Copy a complete capture (npz then sidecar, each atomically)."""
-    if src.resolve() == dst.resolve():
-        return
-    for a, b in ((src, dst), (capture_file.sidecar_path(src), capture_file.sidecar_path(dst))):
-        capture_file.atomic_write_bytes(b, lambda f, a=a: shutil.copyfileobj(open(a, "rb"), f))
-
-
 def _emotion_hook(settings: CaptureSettings, fps: float, progress):
     """The per-frame emotion hook for a capture, or None (off, or fer missing: a warning)."""
     if not settings.emotion:
@@ -180,7 +171,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                 cap = capture_file.load_capture(cached)
                 if settings.emotion and "emotion_probs" not in cap:
                     raise capture_file.CaptureError("cached without emotion")  # recompute
-                _copy_capture(cached, out)
+                capture_file.copy_capture(cached, out)
                 _after_capture(settings, cap, out, progress, cancel)
                 return CaptureResult(out, True, cap, {"total": time.perf_counter() - t_all})
             except capture_file.CaptureError:
@@ -281,7 +272,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     if cache_dir is not None:
         try:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            _copy_capture(out, cache_file(Path(cache_dir), key))
+            capture_file.copy_capture(out, cache_file(Path(cache_dir), key))
         except OSError as e:
             if progress is not None:
                 progress.message(f"warning: could not write the cache in {cache_dir} ({e})")
