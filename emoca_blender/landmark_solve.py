@@ -28,7 +28,9 @@ from .solve import STABLE_POINTS, similarity_align
 
 #: relative weight of the depth coordinate (MediaPipe's z is the least reliable)
 Z_WEIGHT = 0.5
-#: ridge, relative to the mean diagonal of B B^T: breaks exact ties (mouthLeft = -mouthRight)
+#: ridge, relative to each component's own squared size (the diagonal of B B^T): breaks exact
+#: ties (mouthLeft = -mouthRight) and shrinks every weight by the same 0.2%, whether its shape
+#: moves the landmarks a lot (jawOpen) or a little (cheekPuff)
 RIDGE = 2e-3
 #: frames per block of the batched solve (bounds memory: block x 52 x 52 doubles)
 BLOCK = 1024
@@ -62,6 +64,23 @@ def open_head_basis() -> LandmarkBasis:
     lv = m.landmark_vertices if m.landmark_vertices is not None else np.arange(478)
     t = np.asarray(m.v_template[lv], np.float64)
     b = np.asarray(m.expression_basis[:, lv], np.float64)
+    t.setflags(write=False)
+    b.setflags(write=False)
+    return LandmarkBasis(t, b, tuple(m.expression_names))
+
+
+@functools.lru_cache(maxsize=1)
+def ict_head_basis() -> LandmarkBasis:
+    """The bundled ICT head's 52 sculpted ARKit shapes at its embedded MediaPipe landmarks.
+
+    The eyeballs do not move in ICT's shapes (gaze is the eye joints'), so the iris rows are
+    zero: the capture pins the eyeLook* channels to the gaze it measures from the irises and
+    leaves the iris points out of the fit (:func:`fit_weights`)."""
+    from .head_model import ICT_HEAD, bundled, load_head_model
+
+    m = load_head_model(bundled(ICT_HEAD))
+    t = np.asarray(m.landmarks(m.v_template), np.float64)
+    b = np.asarray(m.landmarks(m.expression_basis), np.float64)
     t.setflags(write=False)
     b.setflags(write=False)
     return LandmarkBasis(t, b, tuple(m.expression_names))
@@ -173,7 +192,9 @@ def _align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray, with_points: b
 def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
                    basis: LandmarkBasis | None = None, pinned: np.ndarray | None = None,
                    rounds: int = 2, ridge: float = RIDGE,
-                   stable_weights: np.ndarray | None = None) -> SolveResult:
+                   stable_weights: np.ndarray | None = None,
+                   fixed: np.ndarray | None = None,
+                   point_mask: np.ndarray | None = None) -> SolveResult:
     """Head pose and bounded expression weights for every frame.
 
     Args:
@@ -183,6 +204,11 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
             the model's template).
         pinned: (K,) bool, components held at 0 (e.g. tongueOut: no evidence in landmarks).
         rounds: pose/expression alternations after the first stable-point alignment.
+        fixed: optional (N,K) weights of the pinned components known from elsewhere (the
+            eyeLook* channels from the irises): their shapes are part of the fit's target
+            and of the result, not solved.
+        point_mask: optional (P,) weights of the points in the fit (0 leaves a point out,
+            e.g. the irises of a basis whose eyeballs do not move).
     Returns:
         SolveResult.
     """
@@ -192,29 +218,55 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
     N, P, _ = X.shape
     K = basis.basis.shape[0]
     Bf = basis.flat                                            # (K, P*3)
-    pw = point_weights(P)
-    G = (Bf * pw) @ Bf.T
-    G += ridge * float(np.mean(np.diag(G))) * np.eye(K)
-    lo = np.zeros(K)
-    hi = np.ones(K)
+    allw = np.ones(P) if point_mask is None else np.asarray(point_mask, np.float64)
+    pw = point_weights(P) * np.repeat(allw, 3)
+    # the expression is solved jointly with a small rigid correction of the pose (7 free
+    # columns: translation, rotation, scale about the neutral's centre): a shape that also
+    # moves the alignment points (ICT's cheekPuff swells the cheeks out to the temples) is
+    # then not partly taken for head motion by the alignment
+    Jr = rigid_columns(neutral, allw)                          # (7, P*3)
+    A = np.vstack([Bf, Jr])
+    G = (A * pw) @ A.T
+    dg = np.diag(G).copy()
+    G += ridge * np.diag(np.maximum(dg, 1e-6 * float(dg[:K].mean())))
+    lo = np.r_[np.zeros(K), np.full(7, -np.inf)]
+    hi = np.r_[np.ones(K), np.full(7, np.inf)]
     if pinned is not None:
-        hi = np.where(np.asarray(pinned, bool), 0.0, 1.0)
+        hi[:K] = np.where(np.asarray(pinned, bool), 0.0, 1.0)
+    known = np.zeros((N, P * 3)) if fixed is None else (
+        np.where(hi[:K] > 0, 0.0, np.asarray(fixed, np.float64)) @ Bf)
     sw = np.ones(len(STABLE_POINTS)) if stable_weights is None else stable_weights
     s, R, t, pf = _align(X[:, STABLE_POINTS], neutral[STABLE_POINTS], sw)
     pf = (((X - t[:, None]) @ R) / s[:, None, None])
-    allw = np.ones(P)
     w = np.zeros((N, K))
     for r in range(rounds + 1):
-        d = (pf - neutral).reshape(N, -1)
-        w = box_qp(G, (d * pw) @ Bf.T, lo, hi)
+        d = (pf - neutral).reshape(N, -1) - known
+        wr = box_qp(G, (d * pw) @ A.T, lo, hi)
+        w = wr[:, :K]
         if r == rounds:
+            pf = pf - (wr[:, K:] @ Jr).reshape(N, P, 3)        # the rigid drift left over
             break
-        target = neutral + (w @ Bf).reshape(N, P, 3)
+        target = neutral + (w @ Bf + known).reshape(N, P, 3)
         s, R, t, _ = _align(X, target, allw, with_points=False)
         pf = (((X - t[:, None]) @ R) / s[:, None, None])
+    if fixed is not None:
+        w = np.where(hi[:K] > 0, w, np.asarray(fixed, np.float64))
     fit = neutral + (w @ Bf).reshape(N, P, 3)
-    res = np.sqrt(((pf - fit) ** 2).sum(-1).mean(-1)) * 1000.0
+    sq = ((pf - fit) ** 2).sum(-1)
+    res = np.sqrt((sq * allw).sum(-1) / allw.sum()) * 1000.0
     return SolveResult(w, R, s, t, pf.astype(np.float32), res)
+
+
+def rigid_columns(points: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(7, P*3) first-order displacements of ``points`` (P,3) under a small similarity
+    about their (weighted) centre: translation x, y, z, rotation about x, y, z, scale."""
+    p = np.asarray(points, np.float64)
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64)
+    q = p - (w[:, None] * p).sum(0) / max(w.sum(), 1e-12)
+    cols = [np.broadcast_to(e, p.shape) for e in np.eye(3)]
+    cols += [np.cross(e, q) for e in np.eye(3)]
+    cols.append(q)
+    return np.stack([c.reshape(-1) for c in cols])
 
 
 def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
@@ -228,7 +280,9 @@ def solve_chunked(lmk_px: np.ndarray, chunk: int = 2048, **kw) -> SolveResult:
     time, so the float64 work arrays stay small whatever the clip length (frames are
     independent given the neutral)."""
     N = lmk_px.shape[0]
-    parts = [solve_sequence(camera_points(lmk_px[a:a + chunk]), **kw)
+    fixed = kw.pop("fixed", None)
+    parts = [solve_sequence(camera_points(lmk_px[a:a + chunk]), **kw,
+                            fixed=None if fixed is None else fixed[a:a + chunk])
              for a in range(0, max(N, 1), chunk)]
     if len(parts) == 1:
         return parts[0]

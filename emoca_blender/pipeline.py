@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, capture_file, filters, video
+from .arkit import ARKIT_NAMES
 from .backends import BACKENDS, get_backend
 from .errors import BadInput
 
@@ -227,12 +228,17 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     arrays["arkit_raw"] = np.clip(arrays["arkit"], 0, 1)
     for name in FILTERED:
         if name in arrays:
-            arrays[name] = filters.smooth(arrays[name], info.fps, settings.filter_strength, valid)
+            # per channel group: the fast channels (jaw, mouth opening, lips, lids) keep peaks
+            names = (tracked.names.get(name, ARKIT_NAMES) if name in ("arkit", "expression")
+                     else None)
+            tol = filters.JAW_PEAK_TOLERANCE if name == "jaw" else None
+            arrays[name] = filters.smooth_by_group(arrays[name], info.fps,
+                                                   settings.filter_strength, valid, names, tol)
     arrays["arkit"] = np.clip(arrays["arkit"], 0.0, 1.0)
     arrays["blinks"] = np.clip(arrays["blinks"], 0.0, 1.0)
     arrays["valid"] = valid
     arrays["interpolated"] = interp
-    arrays["timestamps"] = (start + np.arange(N)) / info.fps
+    arrays["timestamps"] = timestamps
     arrays["shape"] = tracked.shape if tracked.shape is not None else np.zeros(0, np.float32)
     emotion_info = None
     if hook is not None:

@@ -190,7 +190,6 @@ def eyes_from_arkit(arkit: np.ndarray) -> np.ndarray:
 # Eye geometry for gaze from the iris points (head frame, metres, canonical scale).
 EYEBALL_RADIUS = 0.012       # iris centre to eyeball centre (the open head model's eye joints)
 IRIS_CENTRES = (473, 468)    # subject's left, right iris centre
-BLINK_GAZE_FADE = (0.45, 0.75)  # blink range over which iris gaze fades to the score gaze
 
 
 def eyes_from_iris(pose_free: np.ndarray, neutral: np.ndarray) -> np.ndarray:
@@ -211,95 +210,129 @@ def eyes_from_iris(pose_free: np.ndarray, neutral: np.ndarray) -> np.ndarray:
     return eyes
 
 
-# Jaw fusion. MediaPipe's blendshape jawOpen under-reports the jaw on some actors (the chin
-# drops 2-5 mm and the teeth show while the score stays ~0.02), whereas the landmark solve's
-# jawOpen follows the chin and lower jawline. The landmark jaw is trusted per frame in
-# proportion to its reliability: fully while the fit is good and the face is frontal, fading
-# to nothing as the landmark residual grows (a neutral that does not fit the face, a face the
-# landmarker distorts) and as the face turns away from the camera (the depth of a turned face
-# is poorly observed, and head rotation leaks into the jaw).
-JAW_TRUST_MAX = 1.0
-# Where the landmark jaw reads less than the score, the trust is scaled by this: a score
-# above the chin's opening is mostly the lower lip pulled down (a wide smile), which a rig's
-# jawOpen moves too and which geometric retargets onto other faces also read as jaw.
-JAW_TRUST_LOWER = 0.5
-JAW_TRUST_RESIDUAL_MM = (3.0, 4.5)   # full trust below, none above (RMS landmark residual)
-JAW_TRUST_TILT_DEG = (20.0, 35.0)    # same, for the face's angle away from the camera axis
-# inner-lip point pairs (upper, lower): the centre and either side
-LIP_PAIRS = np.array([[13, 14], [82, 87], [312, 317]], dtype=np.int64)
+# Channel sources of the default capture. MediaPipe's blendshape scores (calibrated to the
+# actor) carry every channel except the groups below, which come from the landmark solve on
+# the ICT head's sculpted shapes, relative to the actor's neutral: bench/fidelity.py shows
+# the scores' jawOpen under-reporting the jaw (a scream read as a slit: lip-gap r 0.21-0.92
+# across the clips) and their eyeBlink never closing (0.4-0.8 where the lids touch), and the
+# solve tracking both; the blendshape model has no cheekPuff at all. Brows, smile and lip
+# corners, nose and cheek squints stay with the scores:
+# the solve reads the actor's held expressions and MediaPipe's landmarks barely move the
+# nose wings, and the bench shows no gain there (see docs/bench.md).
+CHANNEL_GROUPS = {
+    "jaw and mouth opening": ("jawOpen", "jawLeft", "jawRight", "jawForward", "mouthClose",
+                              "mouthLowerDownLeft", "mouthLowerDownRight"),
+    "lids": ("eyeBlinkLeft", "eyeBlinkRight", "eyeSquintLeft", "eyeSquintRight",
+             "eyeWideLeft", "eyeWideRight"),
+    "lips": ("mouthUpperUpLeft", "mouthUpperUpRight", "mouthFunnel", "mouthPucker",
+             "mouthRollLower", "mouthRollUpper", "mouthPressLeft", "mouthPressRight",
+             "mouthShrugLower", "mouthShrugUpper"),
+    "smile and lip corners": ("mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft",
+                              "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight",
+                              "mouthStretchLeft", "mouthStretchRight", "mouthLeft",
+                              "mouthRight"),
+    "brows": ("browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+              "browOuterUpRight"),
+    "nose": ("noseSneerLeft", "noseSneerRight"),
+    "cheeks": ("cheekSquintLeft", "cheekSquintRight"),
+    "cheek puff": ("cheekPuff",),
+}
+SOLVED_GROUPS = ("jaw and mouth opening", "lids", "cheek puff")
+#: groups whose peaks the temporal filter keeps (filters.keep_peaks): the articulators of
+#: speech and the lids move fastest; brows, smile, nose and cheeks get the full smoothing
+FAST_GROUPS = ("jaw and mouth opening", "lids", "lips")
+SOLVED = np.array([INDEX[n] for g in SOLVED_GROUPS for n in CHANNEL_GROUPS[g]], np.int64)
+GAZE = np.array([i for n, i in INDEX.items() if n.startswith("eyeLook")], np.int64)
+#: the solve's pinned channels: tongueOut (no evidence), eyeLook* (known from the irises)
+SOLVE_PINNED = np.zeros(len(INDEX), bool)
+SOLVE_PINNED[INDEX["tongueOut"]] = True
+SOLVE_PINNED[GAZE] = True
+TONGUE_ONLY = np.zeros(len(INDEX), bool)
+TONGUE_ONLY[INDEX["tongueOut"]] = True
+#: points in the solve: all but the irises (the ICT head's eyeballs turn with the eye
+#: joints, not with its shapes)
+SOLVE_POINTS = np.ones(478)
+SOLVE_POINTS[468:] = 0.0
+#: the automatic neutral prefers frames facing the camera within this angle
+NEUTRAL_TILT_DEG = 20.0
+# lid gap (upper, lower landmark) per eye: subject's left, right
+LID_PAIRS = ((386, 374), (159, 145))
+#: lid openness (gap / the neutral's gap) over which iris gaze fades in: below the first the
+#: iris is hidden (MediaPipe guesses it), above the second it is seen
+IRIS_GAZE_OPENNESS = (0.2, 0.5)
+#: lid openness at and below which the lids touch, and from which on they are apart (for
+#: :func:`lid_closure`): physical bounds of a shut eye, not tuned on the bench clips
+LIDS_TOUCH, LIDS_NEAR = 0.05, 0.30
 
 
-def jaw_trust(residual_mm: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """(N,) weight in [0, 1] of the landmark solve's jaw against the blendshape score.
-
-    Args:
-        residual_mm: (N,) RMS landmark residual of the landmark solve.
-        rotation: (N,3,3) head -> camera rotations (camera +Z towards the viewer).
-    """
-    r0, r1 = JAW_TRUST_RESIDUAL_MM
-    t0, t1 = JAW_TRUST_TILT_DEG
-    tilt = np.degrees(np.arccos(np.clip(np.asarray(rotation, np.float64)[:, 2, 2], -1.0, 1.0)))
-    k_res = np.clip((r1 - np.asarray(residual_mm, np.float64)) / (r1 - r0), 0.0, 1.0)
-    k_tilt = np.clip((t1 - tilt) / (t1 - t0), 0.0, 1.0)
-    return JAW_TRUST_MAX * k_res * k_tilt
-
-
-def fuse_jaw(a: np.ndarray, w: np.ndarray, trust: np.ndarray, pose_free: np.ndarray,
-             neutral: np.ndarray, basis) -> np.ndarray:
-    """jawOpen from the blendshape score and the landmark solve; the lip channels follow so
-    that the rig's lips part as the landmarks show.
-
-    jawOpen = score + trust * (landmark jaw - score) (trust scaled by JAW_TRUST_LOWER where
-    the landmark jaw is the lower). Moving the jaw moves the lower lip with it: in the open
-    head model a change dj of jawOpen parts the inner lips by dj * g_jaw. That change may
-    bring the rig's inner-lip parting (the scores' weights through the open model) towards
-    the parting the landmarks show (pose-free, against the actor's neutral), never past it;
-    the lip channels undo the rest, as ARKit defines them: a jaw opened further than the
-    lips part is a seal, carried by mouthClose (lips together over an open jaw; at most
-    jawOpen); a jaw closed further than the lips close leaves the lower lip lowered on its
-    own: less mouthClose first, then mouthLowerDownLeft/Right.
-
-    Args:
-        a: (N,52) calibrated scores (not modified).
-        w: (N,52) landmark-solve weights.
-        trust: (N,) from :func:`jaw_trust`.
-        pose_free: (N,478,3) pose-free landmarks, metres.
-        neutral: (478,3) the actor's neutral landmarks, metres.
-        basis: the open head model's LandmarkBasis.
-    Returns:
-        (N,52) weights: jawOpen fused, mouthClose and mouthLowerDown* adjusted.
-    """
-    J, C = INDEX["jawOpen"], INDEX["mouthClose"]
-    LD = [INDEX["mouthLowerDownLeft"], INDEX["mouthLowerDownRight"]]
-    out = np.array(a, np.float64, copy=True)
-    j0 = out[:, J]
-    dj = w[:, J] - j0
-    k = np.asarray(trust, np.float64) * np.where(dj < 0, JAW_TRUST_LOWER, 1.0)
-    jf = np.clip(j0 + k * dj, 0.0, 1.0)
-    u, lo = LIP_PAIRS[:, 0], LIP_PAIRS[:, 1]
-    g = (basis.basis[:, u, 1] - basis.basis[:, lo, 1]).mean(1)     # (K,) parting per unit, m
-    pf = np.asarray(pose_free)
-    g_obs = ((pf[:, u, 1] - pf[:, lo, 1]).astype(np.float64).mean(1)
-             - float((neutral[u, 1] - neutral[lo, 1]).mean()))        # (N,) observed parting
-    g0 = out @ g                                                     # rig parting, scores
-    g1 = g0 + (jf - j0) * g[J]                                       # ... with the new jaw
-    target = np.clip(g1, np.minimum(g0, g_obs), np.maximum(g0, g_obs))
-    comp = target - g1            # < 0: close the lips (jaw went up), > 0: part them
-    g_close = max(-float(g[C]), 1e-9)
-    g_down = max(float(g[LD].sum()), 1e-9)
-    mc = out[:, C]
-    # sealing: more mouthClose, at most jawOpen (ARKit: lips together over an open jaw)
-    seal = np.maximum(-comp, 0.0) / g_close
-    mc_new = np.where(seal > 0, np.clip(mc + seal, mc, np.maximum(mc, jf)), mc)
-    # parting: less mouthClose, then the lower lip down on its own
-    part = np.maximum(comp, 0.0)
-    less = np.minimum(mc_new, part / g_close)
-    mc_new = mc_new - less
-    down = (part - less * g_close) / g_down
-    out[:, LD] = np.clip(out[:, LD] + down[:, None], 0.0, 1.0)
-    out[:, C] = mc_new
-    out[:, J] = jf
+def lid_openness(pose_free: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+    """(N,2) vertical lid gap of the subject's left and right eye over the neutral's gap
+    (1 = as open as at rest, 0 = the lids touch)."""
+    out = np.zeros((pose_free.shape[0], 2))
+    for e, (u, lo) in enumerate(LID_PAIRS):
+        g0 = max(float(neutral[u, 1] - neutral[lo, 1]), 1e-6)
+        out[:, e] = (np.asarray(pose_free[:, u, 1], np.float64) - pose_free[:, lo, 1]) / g0
     return out
+
+
+def lid_closure(openness: np.ndarray) -> np.ndarray:
+    """(N,2) the least eyeBlink that a lid gap implies: 1 where the lids touch (openness
+    under LIDS_TOUCH), 0 from LIDS_NEAR up. The solve may share a closing eye between
+    eyeBlink and eyeSquint (a lower lid rising to meet the upper one); an eye that is shut
+    is a blink whatever else moved. Looking down never brings the lids this close, so gaze
+    does not read as a blink."""
+    lo, hi = LIDS_TOUCH, LIDS_NEAR
+    return np.clip((hi - np.asarray(openness, np.float64)) / (hi - lo), 0.0, 1.0)
+
+
+def iris_gaze_trust(openness: np.ndarray) -> np.ndarray:
+    """(N,2) weight in [0, 1] of the iris gaze per eye, from :func:`lid_openness`."""
+    lo, hi = IRIS_GAZE_OPENNESS
+    return np.clip((np.asarray(openness, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def fit_lids_to_actor(basis, neutral: np.ndarray):
+    """The basis with each eye's lid motion scaled to the actor's eye opening.
+
+    A sculpted eyeBlink closes the model's own lid gap; an actor with a narrower (wider)
+    opening closes theirs with less (more) travel, and would read as a partial blink. The
+    vertical motion of every shape at an eye's contour landmarks is scaled by the actor's
+    neutral lid gap over the model's (bounded to 0.5-1.5), so weight 1 closes the actor's
+    eye exactly.
+
+    Args:
+        basis: a LandmarkBasis in the head frame (metres).
+        neutral: (478,3) the actor's neutral landmarks, same frame and scale.
+    Returns:
+        (LandmarkBasis, (2,) the scale of the subject's left and right eye).
+    """
+    from . import mediapipe_topology as mt
+    from .landmark_solve import LandmarkBasis
+
+    b = np.array(basis.basis, np.float64, copy=True)
+    scale = np.ones(2)
+    for e, ((u, lo), ring) in enumerate(zip(LID_PAIRS, (mt.LEFT_EYE, mt.RIGHT_EYE))):
+        g_model = float(basis.template[u, 1] - basis.template[lo, 1])
+        g_actor = float(neutral[u, 1] - neutral[lo, 1])
+        scale[e] = float(np.clip(g_actor / max(g_model, 1e-6), 0.5, 1.5))
+        b[:, list(ring), 1] *= scale[e]
+    return LandmarkBasis(basis.template, b, basis.names), scale
+
+
+def gaze_to_arkit(eyes: np.ndarray) -> np.ndarray:
+    """(N,2,3) gaze axis-angle (as :func:`eyes_from_arkit` returns) -> (N,52) weights with
+    only the eight eyeLook* channels set, in [0, 1]; :func:`eyes_from_arkit` inverts it
+    within those bounds."""
+    e = np.asarray(eyes, np.float64)
+    a = np.zeros((e.shape[0], len(INDEX)))
+    out_l = e[:, 0, 1] / EYE_YAW_RADIANS          # left eye: +yaw looks out (subject's left)
+    out_r = -e[:, 1, 1] / EYE_YAW_RADIANS         # right eye: -yaw looks out
+    for side, out, pitch in (("Left", out_l, e[:, 0, 0]), ("Right", out_r, e[:, 1, 0])):
+        a[:, INDEX["eyeLookOut" + side]] = np.clip(out, 0.0, 1.0)
+        a[:, INDEX["eyeLookIn" + side]] = np.clip(-out, 0.0, 1.0)
+        a[:, INDEX["eyeLookDown" + side]] = np.clip(pitch / EYE_PITCH_RADIANS, 0.0, 1.0)
+        a[:, INDEX["eyeLookUp" + side]] = np.clip(-pitch / EYE_PITCH_RADIANS, 0.0, 1.0)
+    return a
 
 
 def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -358,32 +391,49 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     if neutral_frame is not None and neutral_frame >= 0:
         # the nearest scored frame to the one the user marked
         nf = int(np.argmin(np.abs(FS - int(neutral_frame))))
-    # the automatic neutral prefers frames facing the camera (within the jaw fusion's
-    # full-trust angle): a turned face is a poor reference for everything measured from it
+    # the automatic neutral prefers frames facing the camera (within NEUTRAL_TILT_DEG): a turned face is a poor reference for everything measured from it
     R_scored = np.asarray(matrices, np.float64)[FS, :3, :3]
     tilt = np.degrees(np.arccos(np.clip(R_scored[:, 2, 2], -1.0, 1.0)))
-    cal = calibration.calibrate(raw, nf, frontal=tilt < JAW_TRUST_TILT_DEG[0])
+    cal = calibration.calibrate(raw, nf, frontal=tilt < NEUTRAL_TILT_DEG)
     a = np.zeros((F.size, 52))
     a[S] = cal.apply(raw)
 
-    # landmark-space solve against the actor's neutral (from the same neutral frames)
-    basis = ls.open_head_basis()
+    # landmark-space solve on the ICT head's sculpted shapes, against the actor's neutral
+    # (from the same neutral frames); the irises stay out of the fit (ICT's eyeballs do not
+    # move in its shapes) and gaze enters as known eyeLook* weights
+    basis = ls.ict_head_basis()
     L = np.asarray(lmk_px)[F]
-    pinned = np.zeros(basis.basis.shape[0], bool)
-    pinned[INDEX["tongueOut"]] = True
     LS = L[S]
-    first = ls.solve_sequence(ls.camera_points(LS[cal.neutral_frames]), pinned=pinned, rounds=0)
+    first = ls.solve_sequence(ls.camera_points(LS[cal.neutral_frames]), basis=basis,
+                              pinned=SOLVE_PINNED, rounds=0, point_mask=SOLVE_POINTS)
     del LS
     # the actor's neutral: the neutral frames' pose-free landmarks, minus whatever
-    # expression the calibrated scores still see in them
+    # expression the calibrated scores still see in them (gaze aside: the neutral's gaze is
+    # where the iris gaze is measured from, so it is the zero of the eyeLook* channels)
+    seen = a[S][cal.neutral_frames].copy()
+    seen[:, GAZE] = 0.0
     neutral = (first.pose_free.astype(np.float64)
-               - (a[S][cal.neutral_frames] @ basis.flat).reshape(-1, 478, 3)).mean(0)
-    res = ls.solve_chunked(L, neutral=neutral, pinned=pinned, rounds=1)
+               - (seen @ basis.flat).reshape(-1, 478, 3)).mean(0)
+    basis, lid_scale = fit_lids_to_actor(basis, neutral)
+    # a first pass with the eyeLook* shapes free (so a look's lid motion is not taken for
+    # head motion) gives the pose-free irises, and from them the gaze
+    pre = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=TONGUE_ONLY, rounds=0,
+                           point_mask=SOLVE_POINTS)
+    eyes_i = eyes_from_iris(pre.pose_free, neutral)
+    openness = lid_openness(pre.pose_free, neutral)
+    look = gaze_to_arkit(eyes_i * iris_gaze_trust(openness)[:, :, None])
+    del pre
+    res = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=SOLVE_PINNED, rounds=1,
+                           fixed=look, point_mask=SOLVE_POINTS)
     del L
     w = res.weights
+    a_scores = a.copy()
     a[~S] = w[~S]                                         # recovered frames: landmarks only
-    a[:, INDEX["cheekPuff"]] = w[:, INDEX["cheekPuff"]]   # the blendshape model misses it
+    a[:, SOLVED] = w[:, SOLVED]                           # channel groups the solve carries
     a[:, INDEX["tongueOut"]] = 0.0                        # no evidence in landmarks or scores
+    a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]] = np.maximum(
+        a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]],
+        lid_closure(lid_openness(res.pose_free, neutral)))
 
     from scipy.spatial.transform import Rotation
     rot = np.zeros((F.size, 3))
@@ -393,17 +443,12 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     R_all = Rotation.from_rotvec(rot).as_matrix()
     ang = ls.rotation_angle_deg(R_all[S], res.rotation[S])
 
-    # jawOpen (and with it the jaw bone) from the scores and the landmark jaw, by reliability
-    trust = jaw_trust(res.residual_mm, R_all)
-    a_scores = a
-    a = fuse_jaw(a, w, trust, res.pose_free, neutral, basis)
-
+    # gaze: the irises where the lids are open, the blendshape model's gaze as they close
     eyes_s = eyes_from_arkit(a)
-    eyes_i = eyes_from_iris(res.pose_free, neutral)
-    blink = np.stack([a[:, INDEX["eyeBlinkLeft"]], a[:, INDEX["eyeBlinkRight"]]], 1)
-    lo, hi = BLINK_GAZE_FADE
-    k = np.clip((hi - blink) / (hi - lo), 0.0, 1.0)[:, :, None]
+    k = iris_gaze_trust(openness)[:, :, None]
     eyes = k * eyes_i + (1 - k) * eyes_s
+    a[:, GAZE] = gaze_to_arkit(eyes)[:, GAZE]             # the eyeLook* curves say the same
+    blink = np.stack([a[:, INDEX["eyeBlinkLeft"]], a[:, INDEX["eyeBlinkRight"]]], 1)
 
     out["arkit"][F] = a
     out["head_rotation"][F] = rot
@@ -433,12 +478,7 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
                                            for n in data_ch},
             "landmark_vs_scores_mean_abs": round(float(np.abs(a_scores[S] - w[S]).mean()), 4),
         },
-        "jaw_fusion": {
-            "landmark_trust_mean": round(float(trust.mean()), 3),
-            "jawOpen_change_mean": round(float((a[:, INDEX["jawOpen"]]
-                                                - a_scores[:, INDEX["jawOpen"]]).mean()), 4),
-            "mouthClose_change_mean": round(float((a[:, INDEX["mouthClose"]]
-                                                   - a_scores[:, INDEX["mouthClose"]]).mean()), 4),
-        },
+        "solved_channels": [ARKIT_NAMES[i] for i in SOLVED],
+        "lid_scale": [round(float(x), 3) for x in lid_scale],
     }
     return out, info
