@@ -97,6 +97,10 @@ FIELDS: dict[str, tuple[tuple, str, bool]] = {
     "valence": (("N",), "f", False),
     "arousal": (("N",), "f", False),
     "emotion_features": (("N", "F"), "f", False),
+    # the actor's neutral the capture was calibrated to (a calibration take for others:
+    # ``capture --neutral-from``): pose-free landmarks and the blendshape scores' offsets
+    "neutral_landmarks": (("L", 3), "f", False),
+    "neutral_offset": ((52,), "f", False),
 }
 
 # Column names stored beside each multi-column array, as "<field>_names".
@@ -370,10 +374,16 @@ def write_problem(exc: BaseException, path: str | os.PathLike,
     code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     if code not in _WRITE_ERRORS and isinstance(exc, (OSError, RuntimeError)):
         code = next((c for k, c in _WRITE_PHRASES.items() if k in str(exc)), None)
-    if code not in _WRITE_ERRORS:
-        return None
     path = Path(path)
     folder = path.parent.resolve()
+    if code not in _WRITE_ERRORS and isinstance(exc, RuntimeError):
+        # Blender's writers report some full-disk failures without the reason ("No such
+        # file or directory" when its temporary file could not be completed)
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < max(need_bytes, 4 << 20):
+                code = errno.ENOSPC
+    if code not in _WRITE_ERRORS:
+        return None
     msg = f"cannot write {path.name} in {folder}: {_WRITE_ERRORS[code]}"
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         try:
@@ -391,17 +401,24 @@ def _mb(n: int) -> str:
 
 @contextlib.contextmanager
 def signals_held():
-    """Hold SIGINT and SIGTERM back (delivered when the block ends) while a group of renames
-    must happen together; a no-op outside the main thread, where Python runs no handler."""
+    """Hold SIGINT and SIGTERM back (re-raised when the block ends) while a group of renames
+    must happen together. Python runs signal handlers in the main thread whichever thread
+    the signal reached, so the handlers are swapped for a recorder there; a no-op in other
+    threads, where no handler interrupts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda n, _f: caught.append(n))
+           for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            if handler is not None:
+                signal.signal(s, handler)
+        for n in caught:
+            signal.raise_signal(n)
 
 
 def _temp_beside(path: Path, suffix: str = ".part") -> str:

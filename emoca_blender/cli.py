@@ -66,8 +66,10 @@ def _cache_dir(args):
 
 
 def cmd_capture(args, progress) -> int:
+    from .capture_file import SUFFIX
     from .pipeline import run_capture
 
+    _check_output_name(Path(args.output), SUFFIX, "capture")
     res = run_capture(args.video, args.output, _capture_settings(args), progress,
                       cache_dir=_cache_dir(args), cancel=_cancel_requested)
     cap = res.capture
@@ -82,7 +84,7 @@ def cmd_capture(args, progress) -> int:
 def cmd_info(args, progress) -> int:
     from . import capture_file
 
-    cap = capture_file.load_capture(args.capture)
+    cap = _load_capture(args.capture, "info")
     if args.json:
         print(json.dumps(cap.meta, indent=2, default=str))
     else:
@@ -90,23 +92,49 @@ def cmd_info(args, progress) -> int:
     return EXIT_OK
 
 
-def _load_capture(path):
-    from . import capture_file
+def _load_capture(path, command: str):
+    """The capture at ``path``, after checking by its content that it is one."""
+    from . import capture_file, input_files
 
+    input_files.require(path, ("capture",), command)
     return capture_file.load_capture(path)
 
 
-def _check_writable(path: Path):
+def _check_output_name(path: Path, suffix: str, command: str) -> None:
+    """Refuse an output name that does not end in what ``command`` writes (never rename it
+    behind the user's back, where it could replace another file)."""
+    from .errors import BadInput
+
+    if not path.name.lower().endswith(suffix) or path.name.lower() == suffix:
+        raise BadInput(f"output {path}: {command} writes a {suffix} file; give a name ending "
+                       f"in {suffix}")
+
+
+def _check_writable(path: Path, suffix: str, command: str):
     from .pipeline import check_output
 
+    _check_output_name(path, suffix, command)
     check_output(path)
 
 
+def _check_character(character, command: str) -> None:
+    """A --character file must be a whole .blend or binary .fbx, named for what it is."""
+    from . import input_files
+    from .errors import BadInput
+
+    if character in ("sample", "", None):
+        return
+    kind = input_files.require(character, ("blend", "fbx"), f"{command} --character")
+    if Path(character).suffix.lower() != f".{kind}":
+        raise BadInput(f"{character} is {input_files.DESCRIPTION[kind]} but is not named "
+                       f".{kind}; rename it")
+
+
 def cmd_rig(args, progress) -> int:
-    scene = _blender_side("cli_scene")
     out = Path(args.output)
-    _check_writable(out)
-    cap = _load_capture(args.capture)
+    _check_writable(out, ".blend", "rig")
+    cap = _load_capture(args.capture, "rig")
+    scene = _blender_side("cli_scene")
     scene.new_scene()
     scene.build_actor(cap, model_path=args.model, flame_dir=args.flame_dir or None,
                       capture_path=Path(args.capture))
@@ -116,10 +144,11 @@ def cmd_rig(args, progress) -> int:
 
 
 def cmd_retarget(args, progress) -> int:
-    scene = _blender_side("cli_scene")
     out = Path(args.output)
-    _check_writable(out)
-    cap = _load_capture(args.capture)
+    _check_writable(out, ".blend", "retarget")
+    cap = _load_capture(args.capture, "retarget")
+    _check_character(args.character, "retarget")
+    scene = _blender_side("cli_scene")
     scene.new_scene()
     summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start)
     scene.save_blend(out)
@@ -128,9 +157,12 @@ def cmd_retarget(args, progress) -> int:
 
 
 def cmd_export(args, progress) -> int:
-    scene = _blender_side("cli_scene")
+    from . import input_files
+
     out = Path(args.output)
-    _check_writable(out)
+    _check_writable(out, ".fbx", "export")
+    input_files.require(args.blend, ("blend",), "export")
+    scene = _blender_side("cli_scene")
     path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects,
                                      preset=args.preset, face_only=args.face_only)
     print(f"wrote {path}")
@@ -140,14 +172,14 @@ def cmd_export(args, progress) -> int:
 def cmd_detail(args, progress) -> int:
     from . import detail_mesh
 
-    cap = _load_capture(args.capture)
+    cap = _load_capture(args.capture, "detail")
     frame = None if args.frame is None else int(args.frame)
     mesh, vf = detail_mesh.capture_detail_mesh(cap, Path(args.capture), args.flame_dir,
                                                video_frame=frame, head_pose=args.head_pose,
                                                scale=args.scale)
     out = Path(args.output) if args.output else \
         Path(args.capture).with_name(f"{_stem(args.capture)}.detail_{vf:06d}.obj")
-    _check_writable(out)
+    _check_writable(out, ".obj", "detail")
     detail_mesh.write_obj(out, mesh, comment=f"{Path(args.capture).name}, video frame {vf}")
     d = mesh.displacement
     print(f"wrote {out} (frame {vf}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
@@ -177,6 +209,7 @@ def cmd_run(args, progress) -> int:
         except OSError as e:
             raise BadInput(f"cannot create output folder {out_dir} ({e.strerror})") from None
     name = args.name or Path(args.video).stem
+    _check_character(args.character, "run")
     cap_path = output_path(out_dir / name)
     t0 = time.perf_counter()
     res = run_capture(args.video, cap_path, _capture_settings(args), progress,
@@ -206,17 +239,18 @@ def _add_capture_options(p):
 
     p.add_argument("--backend", default="mediapipe", choices=sorted(BACKENDS),
                    help="capture backend (default: mediapipe, bundled)")
-    p.add_argument("--filter", type=float, default=0.5, metavar="S",
+    p.add_argument("--filter", type=ranged(float, 0, 1), default=0.5, metavar="S",
                    help="temporal filter strength in [0,1], 0 = off (default 0.5)")
-    p.add_argument("--max-gap", type=int, default=5, metavar="N",
+    p.add_argument("--max-gap", type=ranged(int, 0), default=5, metavar="N",
                    help="interpolate gaps of at most N frames without a face (default 5)")
-    p.add_argument("--face-index", type=int, default=0, metavar="I",
+    p.add_argument("--face-index", type=ranged(int, 0), default=0, metavar="I",
                    help="which face to track when several are present: 0 = largest (default)")
-    p.add_argument("--neutral-frame", type=int, default=-1, metavar="F",
+    p.add_argument("--neutral-frame", type=ranged(int, -1, note="-1 = estimate"), default=-1,
+                   metavar="F",
                    help="a video frame where the actor's face is at rest: calibrates every "
                         "channel to it (default: estimated from the calmest frames)")
-    p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
-    p.add_argument("--end", type=int, default=None, help="stop before this frame")
+    p.add_argument("--start", type=ranged(int, 0), default=0, help="first frame (default 0)")
+    p.add_argument("--end", type=ranged(int, 1), default=None, help="stop before this frame")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="device for GPU backends (default auto)")
     p.add_argument("--flame-dir", default="", metavar="DIR",
@@ -231,8 +265,37 @@ def _add_capture_options(p):
     p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/emoca_blender)")
 
 
+def ranged(kind, lo=None, hi=None, note: str = ""):
+    """An argparse ``type``: ``kind`` (int or float, finite) within [lo, hi]; the error names
+    the allowed range."""
+    span = (f"[{lo}, {hi}]" if hi is not None else f">= {lo}") if lo is not None else f"<= {hi}"
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {word}; allowed: {span}") from None
+        if v != v or v in (float("inf"), float("-inf")) or (lo is not None and v < lo) or (
+                hi is not None and v > hi):
+            extra = f" ({note})" if note else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {span}{extra}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the contract's one ``error:`` line (usage above it), exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m emoca_blender",
         description="Video of an actor -> facial capture -> rig, retarget and export (Blender).")
     ap.add_argument("--version", action="version", version=f"emoca_blender {__version__}")
@@ -240,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="progress output: a bar on a terminal, json lines for Blender's worker")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # --progress is accepted after the command too (the Blender worker puts it there).
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--progress", default=argparse.SUPPRESS,
                         choices=("auto", "bar", "json", "none"), help=argparse.SUPPRESS)
     _add_parser = sub.add_parser
@@ -314,14 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("capture")
     p.add_argument("--flame-dir", required=True, metavar="DIR",
                    help="your FLAME folder (the model and head_template.obj)")
-    p.add_argument("--frame", type=int, default=None,
+    p.add_argument("--frame", type=ranged(int, 0), default=None,
                    help="video frame number (default: the middle frame with a face)")
     p.add_argument("-o", "--output", default=None,
                    help="output .obj (default NAME.detail_FRAME.obj beside the capture)")
     p.add_argument("--head-pose", action="store_true",
                    help="apply the frame's head rotation (default: FLAME's canonical pose, "
                         "with the frame's expression, jaw and eyes)")
-    p.add_argument("--scale", type=float, default=1.0,
+    p.add_argument("--scale", type=ranged(float, -100, 100), default=1.0,
                    help="displacement scale (default 1 = as captured)")
     p.set_defaults(func=cmd_detail)
 
@@ -344,7 +407,32 @@ def _cancel_requested() -> bool:
 
 
 def _on_signal(signum, frame):  # noqa: ARG001
+    """SIGINT and SIGTERM: cancel now, wherever the work is (capture_file holds them back
+    while a capture's renames must happen together). An interrupt that Blender turns into
+    an operator's RuntimeError is still a cancel: main() looks at the flag."""
     _CANCEL["flag"] = True
+    raise KeyboardInterrupt
+
+
+def _quiet_when_cancelled(hook):
+    """sys.excepthook that stays silent about the interrupt of a cancel (Blender prints the
+    exception of an operator it interrupts through it)."""
+    def excepthook(kind, value, tb):
+        if not (_CANCEL["flag"] and issubclass(kind, KeyboardInterrupt)):
+            hook(kind, value, tb)
+    return excepthook
+
+
+def _cancelled_line(cache_dir) -> str:
+    """What a cancelled run leaves: nothing new, or the outputs it had already published."""
+    from .capture_file import PUBLISHED
+
+    cache = Path(cache_dir).resolve() if cache_dir else None
+    done = [str(p) for p in dict.fromkeys(PUBLISHED)
+            if cache is None or cache not in Path(p).resolve().parents]
+    if not done:
+        return "cancelled; nothing was written"
+    return f"cancelled; already written before the cancel: {', '.join(done)}"
 
 
 def main(argv=None) -> int:
@@ -353,20 +441,33 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     progress = Progress(args.progress)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    sys.excepthook = _quiet_when_cancelled(sys.excepthook)
     bad = _bad_input_types()
+    from .capture_file import write_problem
     from .errors import Cancelled
 
     try:
-        return args.func(args, progress)
-    except bad as e:
-        msg = str(e)
-        progress.error(msg)
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (Cancelled, KeyboardInterrupt):
-        progress.error("cancelled")
-        print("error: cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
+        try:
+            return args.func(args, progress)
+        except bad as e:
+            msg = str(e)
+            progress.error(msg)
+            print(f"error: {msg}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except BaseException as e:  # noqa: BLE001
+            if _CANCEL["flag"] or isinstance(e, (Cancelled, KeyboardInterrupt)):
+                line = _cancelled_line(_cache_dir(args) if hasattr(args, "no_cache") else None)
+                progress.error("cancelled")
+                print(f"error: {line}", file=sys.stderr)
+                return EXIT_CANCELLED
+            problem = write_problem(e, getattr(e, "filename", None) or "./?") \
+                if isinstance(e, OSError) else None
+            if problem is None:
+                raise
+            progress.error(str(problem))
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001
         msg = f"internal error: {type(e).__name__}: {e}"
         progress.error(msg)

@@ -151,6 +151,21 @@ def run_capture(video_path: str | os.PathLike, output: str | os.PathLike,
         return _run_capture(video_path, output, settings, progress, cache_dir, cancel)
 
 
+def _face_index_problem(face_index: int, tinfo: dict, n: int, start: int, name: str) -> str:
+    """Why ``--face-index`` found nothing: how many faces the detector saw, where."""
+    seen = int(tinfo.get("faces_seen", 0))
+    with_faces = tinfo.get("frames_with_faces")
+    where = ""
+    if seen and tinfo.get("most_faces_frame") is not None:
+        where = f", first at frame {int(tinfo['most_faces_frame'])}"
+    counts = f"; a face in {with_faces} of the {n} frames" if with_faces is not None else ""
+    why = (f"at most {seen} face{'s' if seen != 1 else ''} in one frame{where}{counts}" if seen
+           else f"no face in any of the {n} frames")
+    return (f"face index {face_index} asks for face number {face_index + 1} by size, but the "
+            f"detector saw {why} of {name} (frames {start}..{start + n - 1}); use "
+            f"--face-index {max(seen - 1, 0)} or less")
+
+
 def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> CaptureResult:
     settings = settings or CaptureSettings()
     t_all = time.perf_counter()
@@ -194,7 +209,8 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     if progress is not None:
         progress.stage("track", n_hint)
     t0 = time.perf_counter()
-    frames = video.iter_frames(info.path, start, end)
+    pts: list[float] = []
+    frames = video.iter_frames(info.path, start, end, times=pts)
     hook = _emotion_hook(settings, info.fps, progress)
     extra = {"frame_hook": hook} if hook is not None else {}
     try:
@@ -211,12 +227,24 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     N = tracked.found.shape[0]
     if N == 0:
         raise BadInput(f"{info.path.name} holds no frames in the range {start}..{end}")
+    num_faces = int(tracked.info.get("faces_seen", 1))
+    if settings.face_index > 0 and (num_faces <= settings.face_index
+                                    or not tracked.found.any()):
+        raise BadInput(_face_index_problem(settings.face_index, tracked.info, N, start,
+                                           info.path.name))
     if not tracked.found.any():
         raise BadInput(f"no face found in any of the {N} frames searched in {info.path.name}")
-    num_faces = int(tracked.info.get("faces_seen", 1))
-    if settings.face_index > 0 and num_faces <= settings.face_index:
-        raise BadInput(f"face index {settings.face_index} asked for, but at most {num_faces} "
-                       f"face(s) were seen in {info.path.name}")
+    timestamps, vfr = video.frame_times(pts, N, start, info.fps)
+    if progress is not None:
+        if vfr is not None:
+            progress.message(f"warning: {info.path.name} has a variable frame rate "
+                             f"({vfr[0]:.3g} to {vfr[1]:.3g} fps); timestamps are its "
+                             f"presentation times, keyframes are one per frame at "
+                             f"{info.fps:.4g} fps")
+        claimed = info.frame_count - start
+        if end is None and claimed - N > max(2, 0.02 * claimed):
+            progress.message(f"warning: {info.path.name} holds {N} decodable frames from frame "
+                             f"{start}, its header claims {claimed}: the file may be truncated")
 
     t0 = time.perf_counter()
     arrays: dict[str, np.ndarray] = {}
@@ -254,6 +282,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
         "width": info.width,
         "height": info.height,
         "frame_start": start,
+        "variable_frame_rate": vfr is not None,
         "source": {"path": str(info.path.resolve()), "hash": vhash,
                    "size": info.path.stat().st_size, "name": info.path.name},
         "backend": {"name": settings.backend, "licence": BACKENDS[settings.backend][2],

@@ -84,6 +84,20 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         cap.release()
 
 
+def frame_times(times: list, n: int, start: int, fps: float) -> tuple[np.ndarray, tuple | None]:
+    """Seconds from the video's start of ``n`` decoded frames: the decoder's presentation
+    ``times`` (:func:`iter_frames`) when they are there and increase, else ``(start + i) /
+    fps``; and ``(lowest, highest)`` frame rate when the rate varies (more than 1.5x between
+    the shortest and the longest frame interval), else None."""
+    t = np.asarray(times[:n], np.float64)
+    if len(t) != n or n < 2 or not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
+        return (start + np.arange(n)) / fps, None
+    dt = np.diff(t)
+    if dt.max() > 1.5 * dt.min():
+        return t, (1.0 / dt.max(), 1.0 / dt.min())
+    return t, None
+
+
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
     if frame.ndim == 2:
@@ -98,11 +112,13 @@ class _Stop:
 
 
 def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None,
-                prefetch: int = 6) -> Iterator[tuple[int, np.ndarray]]:
+                prefetch: int = 6, times: list | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(frame_index, rgb_uint8[H,W,3])`` for frames ``start <= i < end``.
 
     Decoding runs in a daemon thread with a queue of ``prefetch`` frames. Closing the
-    generator (or breaking out of the loop) stops the thread.
+    generator (or breaking out of the loop) stops the thread. ``times``, when given, gets
+    each yielded frame's presentation time in seconds from the decoder (the container's
+    timestamps: a variable-rate clip's frames are not ``i / fps`` apart).
     """
     path = Path(path)
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -124,6 +140,8 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None,
                 ok, frame = cap.read()
                 if not ok or frame is None:
                     break
+                if times is not None:
+                    times.append(cap.get(_cv2().CAP_PROP_POS_MSEC) / 1000.0)
                 item = (i, _to_rgb(frame))
                 while not stop.is_set():
                     try:

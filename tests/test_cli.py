@@ -162,7 +162,8 @@ def test_bad_capture_file_for_rig(tmp_path):
     p = tmp_path / "x.capture.npz"
     p.write_bytes(b"garbage")
     r = run_cli("info", p)
-    assert r.returncode == 2 and "sidecar" in _one_error_line(r)
+    assert r.returncode == 2
+    assert "x.capture.npz is a text file; info expects an EMOCA capture" in _one_error_line(r)
 
 
 def test_neutral_frame_flag_calibrates_to_that_frame(tmp_path, demo_clip):

@@ -372,6 +372,7 @@ class MediaPipeBackend:
         n = 0
         first = None
         faces_seen = 0
+        frames_with_faces, most_faces_at = 0, None   # for the face-index message
         # Frames without a face since the last one with a face (bounded by bytes). When the
         # face is found again, MediaPipe's legacy FaceMesh graph (a different detector and
         # a tracker that holds on to turned faces better) tracks backwards through them from
@@ -458,6 +459,7 @@ class MediaPipeBackend:
                 image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
                 fresh = lm is None
                 if seen is not None:                 # one of the first probe_frames
+                    most_faces_at = i if seen > faces_seen else most_faces_at
                     faces_seen = max(faces_seen, seen)
                     if seen > 1 and num_faces < self.max_faces:
                         num_faces = self.max_faces
@@ -484,7 +486,9 @@ class MediaPipeBackend:
                 else:
                     faces, scores, labels, matrices = detect(image, ts)
                 n += 1
+                most_faces_at = i if len(faces) > faces_seen else most_faces_at
                 faces_seen = max(faces_seen, len(faces))
+                frames_with_faces += bool(faces)
                 if progress is not None:
                     progress.update(n, n_hint)
                 if not faces:
@@ -562,7 +566,9 @@ class MediaPipeBackend:
                        names={"expression": ARKIT_NAMES},
                        shape=np.zeros(0, np.float32), head_model=self.head_model,
                        info={"frames_decoded": N, "num_faces": num_faces,
-                             "faces_seen": faces_seen, "frames_recovered_backwards": recovered,
+                             "faces_seen": faces_seen, "frames_with_faces": frames_with_faces,
+                             "most_faces_frame": most_faces_at,
+                             "frames_recovered_backwards": recovered,
                              "frames_other_face_rejected": rejected,
                              "recount_frames_checked": recount.checked if recount else 0,
                              **({"recount_error": recount.error}
