@@ -8,8 +8,13 @@ channel so that the neutral reads 0 and full activation still reads 1::
     calibrated = clip((score - offset) * gain, 0, 1),   gain = 1 / (1 - offset)
 
 The offset is capped per channel (:data:`MAX_OFFSET`): a clip that holds one expression
-throughout (a held smile) has no neutral to estimate, and an uncapped offset would remove
-the very expression we want. Gaze channels (eyeLook*) are absolute directions and are not
+throughout (surprised brows, a held smile) has no neutral to estimate, and an uncapped
+offset would remove the very expression we want. The cap is 0.1 on the expression channels:
+one clip cannot tell an actor's resting bias from an expression held all clip long, and a
+held expression lost is worse than a small resting bias kept; where the actor's resting face
+matters, calibrate to a neutral take of the same actor (``capture --neutral-from``) or a
+frame (``--neutral-frame``). The lids' scores keep a 0.6 cap (their per-person bias is
+large), though the default capture takes the lids from the landmarks. Gaze channels (eyeLook*) are absolute directions and are not
 offset. The same neutral frames give the actor's neutral landmarks for the landmark-space
 solve.
 """
@@ -22,7 +27,7 @@ import numpy as np
 from .arkit import ARKIT_NAMES, INDEX
 
 #: largest neutral offset believed, per channel (above it, it is expression, not identity)
-MAX_OFFSET = np.full(len(ARKIT_NAMES), 0.25)
+MAX_OFFSET = np.full(len(ARKIT_NAMES), 0.1)
 for _n in ("eyeBlinkLeft", "eyeBlinkRight", "eyeSquintLeft", "eyeSquintRight"):
     MAX_OFFSET[INDEX[_n]] = 0.6      # eye channels carry most of the per-person bias
 for _n in ARKIT_NAMES:

@@ -52,6 +52,7 @@ def _capture_settings(args):
                            max_gap=args.max_gap, face_index=args.face_index,
                            start=args.start, end=args.end, device=args.device,
                            neutral_frame=args.neutral_frame,
+                           neutral_from=str(getattr(args, "neutral_from", "") or ""),
                            flame_dir=getattr(args, "flame_dir", ""),
                            emoca_checkpoint=getattr(args, "emoca_checkpoint", ""),
                            emotion=not getattr(args, "no_emotion", False))
@@ -249,6 +250,10 @@ def _add_capture_options(p):
                    metavar="F",
                    help="a video frame where the actor's face is at rest: calibrates every "
                         "channel to it (default: estimated from the calmest frames)")
+    p.add_argument("--neutral-from", default="", metavar="TAKE.capture.npz",
+                   help="calibrate to the neutral of another capture of the same actor (a "
+                        "calibration take at rest): keeps expressions this clip holds "
+                        "throughout")
     p.add_argument("--start", type=ranged(int, 0), default=0, help="first frame (default 0)")
     p.add_argument("--end", type=ranged(int, 1), default=None, help="stop before this frame")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -40,12 +40,15 @@ class CaptureSettings:
     flame_dir: str = ""               # the user's FLAME folder (flame-fit backend)
     emoca_checkpoint: str = ""        # EMOCA v2/v1 .ckpt or DECA deca_model.tar (emoca backend)
     neutral_frame: int = -1           # video frame showing the actor's neutral; -1 = estimate
+    neutral_from: str = ""            # a calibration take of the same actor (.capture.npz)
     emotion: bool = True              # per-frame emotion curves (fer's FER-2013 network)
     emotion_rate: float = 10.0        # emotion samples per second, between interpolated; 0 = all
 
     def key_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("device")               # the device does not change the result's meaning
+        if self.neutral_from:         # the take's content, wherever it lies
+            d["neutral_from"] = capture_file.file_hash(self.neutral_from)
         return d
 
 
@@ -173,6 +176,9 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     check_output(out)
     if settings.backend not in BACKENDS:
         raise BadInput(f"unknown backend {settings.backend!r}; available: {', '.join(BACKENDS)}")
+    if settings.neutral_from and not Path(settings.neutral_from).is_file():
+        raise BadInput(f"calibration take {settings.neutral_from} does not exist (--neutral-from "
+                       f"wants a .capture.npz of the same actor at rest)")
     info = video.probe(video_path)
     if progress is not None and not info.fps_known:
         progress.message(f"warning: {info.path.name} has no frame rate; assuming {info.fps:g} fps")
@@ -203,6 +209,10 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                 if settings.backend in ("flame-fit", "emoca") else {})
     if settings.backend == "emoca":
         flame_kw["checkpoint"] = settings.emoca_checkpoint or None
+    if settings.neutral_from:
+        if settings.backend != "mediapipe":
+            raise BadInput(f"--neutral-from is for the mediapipe backend, not {settings.backend}")
+        flame_kw["neutral_from"] = settings.neutral_from
     backend = get_backend(settings.backend, face_index=settings.face_index,
                           neutral_frame=int(settings.neutral_frame), **flame_kw)
     t_probe = 0.0   # faces are counted inside the stream (num_faces=0), no separate pass
@@ -268,6 +278,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     arrays["interpolated"] = interp
     arrays["timestamps"] = timestamps
     arrays["shape"] = tracked.shape if tracked.shape is not None else np.zeros(0, np.float32)
+    arrays.update(tracked.constants)
     emotion_info = None
     if hook is not None:
         emo = hook.result(N, settings.max_gap)

@@ -342,9 +342,28 @@ def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 1e-12, (a * b).sum(0) / np.maximum(den, 1e-12), np.nan)
 
 
+def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str]:
+    """The neutral of a calibration take (a capture of the same actor at rest): (52,)
+    blendshape-score offsets, (478,3) pose-free neutral landmarks, and its name."""
+    from pathlib import Path
+
+    from .capture_file import load_capture
+    from .errors import BadInput
+
+    cap = load_capture(path)
+    if "neutral_offset" not in cap.arrays or "neutral_landmarks" not in cap.arrays:
+        raise BadInput(f"{Path(path).name} stores no neutral (captured with another backend "
+                       f"or an older version): capture the calibration take again")
+    lm = np.asarray(cap["neutral_landmarks"], np.float64)
+    if lm.shape != (478, 3):
+        raise BadInput(f"{Path(path).name}'s neutral has {lm.shape[0]} landmarks, not 478")
+    return np.asarray(cap["neutral_offset"], np.float64), lm, Path(path).name
+
+
 def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
                    found: np.ndarray | None = None, neutral_frame: int = -1,
-                   scored: np.ndarray | None = None) -> tuple[dict, dict]:
+                   scored: np.ndarray | None = None,
+                   neutral_take: tuple | None = None) -> tuple[dict, dict]:
     """Capture fields from MediaPipe outputs, calibrated to the actor.
 
     Args:
@@ -357,6 +376,9 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
             matrix (default: all found rows). Rows found without them (landmarks recovered
             by another tracker) take their ARKit weights from the landmark-space solve and
             their head rotation from its Procrustes pose; translation is interpolated.
+        neutral_take: (offsets (52,), neutral landmarks (478,3), name) of a calibration
+            take of the same actor (:func:`read_neutral_take`): used instead of estimating
+            the neutral from this clip, so expressions held all clip long are kept.
     Returns:
         (arrays, info): Capture fields (rows without a face are zeros; the pipeline's gap
         filling overwrites them) and a JSON-able dict with the calibration and the
@@ -391,10 +413,17 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     if neutral_frame is not None and neutral_frame >= 0:
         # the nearest scored frame to the one the user marked
         nf = int(np.argmin(np.abs(FS - int(neutral_frame))))
-    # the automatic neutral prefers frames facing the camera (within NEUTRAL_TILT_DEG): a turned face is a poor reference for everything measured from it
-    R_scored = np.asarray(matrices, np.float64)[FS, :3, :3]
-    tilt = np.degrees(np.arccos(np.clip(R_scored[:, 2, 2], -1.0, 1.0)))
-    cal = calibration.calibrate(raw, nf, frontal=tilt < NEUTRAL_TILT_DEG)
+    if neutral_take is not None:
+        # a calibration take of the same actor: its offsets and its neutral landmarks
+        off = np.asarray(neutral_take[0], np.float64)
+        cal = calibration.Calibration(off, 1.0 / (1.0 - off), np.zeros(0, np.int64),
+                                      f"take {neutral_take[2]}")
+    else:
+        # the automatic neutral prefers frames facing the camera (within NEUTRAL_TILT_DEG):
+        # a turned face is a poor reference for everything measured from it
+        R_scored = np.asarray(matrices, np.float64)[FS, :3, :3]
+        tilt = np.degrees(np.arccos(np.clip(R_scored[:, 2, 2], -1.0, 1.0)))
+        cal = calibration.calibrate(raw, nf, frontal=tilt < NEUTRAL_TILT_DEG)
     a = np.zeros((F.size, 52))
     a[S] = cal.apply(raw)
 
@@ -403,17 +432,20 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     # move in its shapes) and gaze enters as known eyeLook* weights
     basis = ls.ict_head_basis()
     L = np.asarray(lmk_px)[F]
-    LS = L[S]
-    first = ls.solve_sequence(ls.camera_points(LS[cal.neutral_frames]), basis=basis,
-                              pinned=SOLVE_PINNED, rounds=0, point_mask=SOLVE_POINTS)
-    del LS
-    # the actor's neutral: the neutral frames' pose-free landmarks, minus whatever
-    # expression the calibrated scores still see in them (gaze aside: the neutral's gaze is
-    # where the iris gaze is measured from, so it is the zero of the eyeLook* channels)
-    seen = a[S][cal.neutral_frames].copy()
-    seen[:, GAZE] = 0.0
-    neutral = (first.pose_free.astype(np.float64)
-               - (seen @ basis.flat).reshape(-1, 478, 3)).mean(0)
+    if neutral_take is not None:
+        neutral = np.asarray(neutral_take[1], np.float64)
+    else:
+        first = ls.solve_sequence(ls.camera_points(L[S][cal.neutral_frames]), basis=basis,
+                                  pinned=SOLVE_PINNED, rounds=0, point_mask=SOLVE_POINTS)
+        # the actor's neutral: the neutral frames' pose-free landmarks, minus whatever
+        # expression the calibrated scores still see in them (gaze aside: the neutral's
+        # gaze is where the iris gaze is measured from, the zero of the eyeLook* channels)
+        seen = a[S][cal.neutral_frames].copy()
+        seen[:, GAZE] = 0.0
+        neutral = (first.pose_free.astype(np.float64)
+                   - (seen @ basis.flat).reshape(-1, 478, 3)).mean(0)
+    out["neutral_landmarks"] = neutral.astype(np.float32)
+    out["neutral_offset"] = cal.offset.astype(np.float32)
     basis, lid_scale = fit_lids_to_actor(basis, neutral)
     # a first pass with the eyeLook* shapes free (so a look's lid motion is not taken for
     # head motion) gives the pose-free irises, and from them the gaze

@@ -242,3 +242,23 @@ def test_face_entering_later_is_not_taken_after_a_loss(tmp_path, demo_clip, long
     assert v[:35].mean() > 0.9 and v[46:].mean() > 0.9                # and back again
     info = cap.meta["backend"]
     assert info["faces_seen"] >= 2 and info["frames_other_face_rejected"] >= 5
+
+
+def test_neutral_from_a_take(mead, tmp_path):
+    """--neutral-from: a capture calibrated to a take of itself reproduces the take's curves
+    (the take's neutral is the clip's own); the take's neutral is stored in every capture; a
+    missing take is bad input."""
+    from emoca_blender.errors import BadInput
+
+    clip = sorted(MEAD.glob("*_surprised_*.mp4"))[0]
+    take = tmp_path / "take.capture.npz"
+    a = run_capture(clip, take, CaptureSettings(emotion=False), cache_dir=None).capture
+    assert a["neutral_landmarks"].shape == (478, 3) and a["neutral_offset"].shape == (52,)
+    b = run_capture(clip, tmp_path / "b.capture.npz",
+                    CaptureSettings(emotion=False, neutral_from=str(take)), cache_dir=None).capture
+    np.testing.assert_allclose(b["arkit"], a["arkit"], atol=1e-4)
+    assert b.meta["backend"]["calibration"]["source"] == "take take.capture.npz"
+    with pytest.raises(BadInput, match="does not exist"):
+        run_capture(clip, tmp_path / "c.capture.npz",
+                    CaptureSettings(neutral_from=str(tmp_path / "none.capture.npz")),
+                    cache_dir=None)

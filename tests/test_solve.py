@@ -207,3 +207,31 @@ def test_jaw_consistent_with_jawopen():
     assert solve.jaw_from_arkit(a)[0, 0] == pytest.approx(0.5 * solve.JAW_OPEN_RADIANS)
 
 
+
+
+def test_neutral_take_keeps_expressions_held_all_clip_long():
+    """A clip that holds raised brows and half-shut lids from start to end: calibrated to
+    itself, the automatic neutral takes the held brows as rest (less the cap) and the held
+    lids as open; calibrated to a neutral take of the same actor, both are kept."""
+    N = 30
+    rest = np.zeros((N, 52))
+    rest_scores = np.zeros((N, 52))
+    rest_scores[:, INDEX["browOuterUpLeft"]] = 0.05         # the actor's resting bias
+    take, _ = solve.from_mediapipe(_frontal(rest), rest_scores, np.tile(np.eye(4), (N, 1, 1)))
+    held = np.zeros((N, 52))
+    held[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]] = 0.5
+    scores = np.zeros((N, 52))
+    scores[:, INDEX["browInnerUp"]] = 0.7
+    scores[:, INDEX["browOuterUpLeft"]] = 0.65
+    auto, _ = solve.from_mediapipe(_frontal(held), scores, np.tile(np.eye(4), (N, 1, 1)))
+    kept, info = solve.from_mediapipe(
+        _frontal(held), scores, np.tile(np.eye(4), (N, 1, 1)),
+        neutral_take=(take["neutral_offset"], take["neutral_landmarks"], "rest.capture.npz"))
+    a, k = auto["arkit"], kept["arkit"]
+    cap = calibration.MAX_OFFSET[INDEX["browInnerUp"]]
+    np.testing.assert_allclose(a[:, INDEX["browInnerUp"]], (0.7 - cap) / (1 - cap), atol=1e-6)
+    assert a[:, INDEX["eyeBlinkLeft"]].max() < 0.05              # held lids taken as open
+    np.testing.assert_allclose(k[:, INDEX["browInnerUp"]], 0.7, atol=1e-6)
+    np.testing.assert_allclose(k[:, INDEX["browOuterUpLeft"]], (0.65 - 0.05) / 0.95, atol=1e-6)
+    np.testing.assert_allclose(k[:, INDEX["eyeBlinkLeft"]], 0.5, atol=0.05)
+    assert info["calibration"]["source"] == "take rest.capture.npz"

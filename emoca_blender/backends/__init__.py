@@ -36,6 +36,7 @@ class Tracked:
     arrays: dict[str, np.ndarray]           # capture-field name -> (N, ...) values
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shape: np.ndarray | None = None         # identity coefficients for the clip
+    constants: dict[str, np.ndarray] = field(default_factory=dict)   # per-capture arrays
     head_model: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 

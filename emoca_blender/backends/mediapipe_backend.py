@@ -271,7 +271,8 @@ class MediaPipeBackend:
 
     def __init__(self, face_index: int = 0, max_faces: int = 4, min_detection: float = 0.5,
                  probe_frames: int = 6, neutral_frame: int = -1, recover_gaps: bool = True,
-                 recover_bytes: int = 256 << 20, recount_every: int = 30):
+                 recover_bytes: int = 256 << 20, recount_every: int = 30,
+                 neutral_from: str = ""):
         if face_index < 0:
             raise BadInput(f"face index must be >= 0, got {face_index}")
         self.face_index = int(face_index)
@@ -279,6 +280,8 @@ class MediaPipeBackend:
         self.min_detection = float(min_detection)
         self.probe_frames = int(probe_frames)
         self.neutral_frame = int(neutral_frame)   # absolute video frame, -1 = estimate
+        # a calibration take of the same actor: its neutral replaces the estimated one
+        self.neutral_take = solve.read_neutral_take(neutral_from) if neutral_from else None
         # track backwards into frames the forward pass missed, holding at most this many
         # bytes of such frames (about 40 frames of 1080p, 1,700 of 224x224)
         self.recover_gaps = bool(recover_gaps)
@@ -559,10 +562,13 @@ class MediaPipeBackend:
         if self.neutral_frame >= 0 and not (0 <= nf < N):
             raise BadInput(f"neutral frame {self.neutral_frame} is outside the captured frames "
                            f"{first}..{(first or 0) + N - 1}")
-        arrays, solve_info = solve.from_mediapipe(lmk, arkit, mats, found, nf, scored)
+        arrays, solve_info = solve.from_mediapipe(lmk, arkit, mats, found, nf, scored,
+                                                  neutral_take=self.neutral_take)
+        constants = {k: arrays.pop(k) for k in ("neutral_landmarks", "neutral_offset")
+                     if k in arrays}
         arrays["bbox"] = np.concatenate([lmk[:, :, :2].min(1), lmk[:, :, :2].max(1)], 1)
         arrays["landmarks2d"] = lmk[:, :, :2]
-        return Tracked(found=found, arrays=arrays,
+        return Tracked(found=found, arrays=arrays, constants=constants,
                        names={"expression": ARKIT_NAMES},
                        shape=np.zeros(0, np.float32), head_model=self.head_model,
                        info={"frames_decoded": N, "num_faces": num_faces,
