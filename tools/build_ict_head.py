@@ -17,7 +17,8 @@ Geometry
   17039-21450, eyeballs 21451-24590 (sclera, then iris, per eye), eyelashes 25351-26718.
   Dropped: the lacrimal fluid, eye blend and eye occlusion shells (24591-25350), which are
   transparent helpers of ICT's own renderer and would show as grey shells in Blender.
-  ``part_names``/``vertex_part`` name each vertex's part.
+  ``part_names``/``vertex_part`` name each vertex's part; ``extra_landmarks68`` holds ICT's
+  68 Multi-PIE landmark vertices (they paint the brows and lips of the landmark renders).
 * Polygons: ICT's quads and triangles, triangulated (a quad a-b-c-d as a-b-c, a-c-d), with
   ICT's per-corner UVs (``uv_coords``/``uv_faces``).
 * Expressions in ARKit order (52): ICT's 53 sculpted shapes, with ``browInnerUp`` =
@@ -41,7 +42,7 @@ Landmarks (MediaPipe's 478 on the ICT surface)
 ----------------------------------------------
 1. The neutral head is painted with vertex colours (skin, darker brows along ICT's own
    68-point brow landmarks, lips inside its outer-lip contour, dark irises, white sclera,
-   dark lashes and mouth) and rendered head-on with Workbench in several framings; MediaPipe
+   lashes a shade darker than the skin, a dark mouth) and rendered head-on with Workbench in several framings; MediaPipe
    FaceLandmarker (IMAGE mode) finds the 478 landmarks in each, and the median position per
    landmark is taken (as ``operators/correspondence.py`` does for characters).
 2. Each landmark is cast along the view onto the part it belongs to: the irises onto the
@@ -293,7 +294,9 @@ def paint_colors(model: HeadModel, lm68: np.ndarray) -> np.ndarray:
     col[part == pn.index("mouth_socket")] = (0.15, 0.03, 0.03)
     col[part == pn.index("gums_tongue")] = (0.45, 0.12, 0.12)
     col[part == pn.index("teeth")] = (0.75, 0.72, 0.65)
-    col[part == pn.index("eyelashes")] = (0.03, 0.02, 0.02)
+    # lashes: ICT's lash cards are broad; painted black they read as an open eye when
+    # the lids are shut, so they are a shade darker than the skin
+    col[part == pn.index("eyelashes")] = (0.30, 0.18, 0.13)
     col[part == pn.index("eye_socket")] = (0.35, 0.18, 0.15)
     # eyes: by the angle from the eyeball's forward axis (the cornea covers the iris, so
     # both are painted): pupil within 11 degrees, iris within 28, sclera beyond
@@ -329,12 +332,14 @@ def to_blender(v: np.ndarray) -> np.ndarray:
 
 
 def detect_views(model: HeadModel, vertices: np.ndarray, colors: np.ndarray, tmp: Path,
-                 tag: str, keep: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 tag: str, keep: Path | None = None, views=VIEWS,
+                 pixels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's landmarks on head-on renders of ``vertices`` in every framing.
 
     Returns:
-        (R,478,2) landmark positions in model x/y (metres) per framing that found a face,
-        and (R,) zoom of each.
+        (R,478,2) landmark positions in model x/y (metres) per framing that found a face
+        (with ``pixels``: MediaPipe's (R,478,3) image landmarks as detected), and (R,) zoom
+        of each.
     """
     from operators.correspondence import detect_landmarks, render_front
 
@@ -345,7 +350,7 @@ def detect_views(model: HeadModel, vertices: np.ndarray, colors: np.ndarray, tmp
     cy0 = 0.5 * (face[:, 1].min() + face[:, 1].max())
     size0 = max(np.ptp(face[:, 0]), np.ptp(face[:, 1])) * 1.25
     out = []
-    for v, (zoom, dx, dy) in enumerate(VIEWS):
+    for v, (zoom, dx, dy) in enumerate(views):
         s = size0 * zoom
         cx, cy = cx0 + dx * size0, cy0 + dy * size0
         img = str(tmp / f"{tag}_{v}.png")
@@ -356,10 +361,11 @@ def detect_views(model: HeadModel, vertices: np.ndarray, colors: np.ndarray, tmp
         if lm is None:
             continue
         R = float(RESOLUTION)
-        out.append(np.stack([cx + (lm[:, 0] / R - 0.5) * s, cy + (0.5 - lm[:, 1] / R) * s], -1))
+        out.append(lm if pixels else
+                   np.stack([cx + (lm[:, 0] / R - 0.5) * s, cy + (0.5 - lm[:, 1] / R) * s], -1))
     if not out:
         raise RuntimeError(f"MediaPipe found no face in the renders of the ICT head ({tag})")
-    return np.stack(out), np.array([VIEWS[i][0] for i in range(len(out))])
+    return np.stack(out), np.array([views[i][0] for i in range(len(out))])
 
 
 # ----------------------------------------------------------------------------- casting
@@ -529,6 +535,7 @@ def main(argv=None) -> int:
     remap = -np.ones(d["neutral"].shape[0], np.int64)
     remap[keep] = np.arange(len(keep))
     lm68 = remap[np.asarray(vi["idx_to_landmark_verts"], np.int64)]
+    model.extra["landmarks68"] = lm68.astype(np.int32)
     colors = paint_colors(model, lm68)
     if a.keep_renders:
         a.keep_renders.mkdir(parents=True, exist_ok=True)
