@@ -12,6 +12,9 @@ expression basis: no whole meshes) with the ARKit curves:
 
 1. mouth: Pearson r of the video's inner-lip gap (landmarks 13-14 over the outer eye corners
    33-263) with the driven head's (the same landmarks) over the valid frames; target >= 0.9.
+   The video's gaps are measured on MediaPipe's 3D landmarks (``landmarks3d``: the image
+   landmarks with their depth, moved rigidly into the head frame, which leaves the ratios as
+   they are) so a turned head does not foreshorten them.
    jawOpen at the widest-open video frame is reported.
 2. blinks, per eye (right: 159-145 over 33-133; left, the subject's left = eyeBlinkLeft:
    386-374 over 263-362): open gap = 90th percentile; on frames under 15 % of it the mean
@@ -93,7 +96,7 @@ def lip_gap(points: np.ndarray) -> np.ndarray:
 
 
 def eye_gap(points: np.ndarray, side: str) -> np.ndarray:
-    """(N,478,2) landmarks -> (N,) vertical lid gap over the eye's width, subject's side."""
+    """(N,478,2|3) landmarks -> (N,) vertical lid gap over the eye's width, subject's side."""
     up, lo, a, b = EYES[side]
     return _dist(points, up, lo) / _dist(points, a, b)
 
@@ -200,15 +203,20 @@ def calmest(arkit: np.ndarray, valid: np.ndarray, fraction: float = 0.1) -> np.n
 
 def reproduction_mm(lmk3d: np.ndarray, arkit: np.ndarray, neutral_rows: np.ndarray,
                     valid: np.ndarray, B: np.ndarray,
-                    fraction: float = EXPRESSIVE_FRACTION) -> dict:
+                    fraction: float = EXPRESSIVE_FRACTION, L0: np.ndarray | None = None
+                    ) -> dict:
     """Mean |(landmarks3d - neutral) - driven displacement| over the 468 mesh landmarks on
-    the ``fraction`` most expressive valid frames, in mm."""
+    the ``fraction`` most expressive valid frames, in mm. With the head's landmarks ``L0``,
+    the observed motion is first brought to the head's size (by the outer eye corners'
+    distance): captures normalise the face to their own head model's size."""
     idx = np.flatnonzero(np.asarray(valid, bool))
     k = int(min(idx.size, max(1, round(fraction * idx.size))))
     rows = idx[np.argsort(-energy(arkit[idx]), kind="stable")[:k]]
     L = np.asarray(lmk3d, np.float64)
     neutral = L[neutral_rows].mean(0)
     obs = L[rows, :468] - neutral[:468]
+    if L0 is not None:
+        obs = obs * (_dist(L0, EYE_OUT_R, EYE_OUT_L) / _dist(neutral, EYE_OUT_R, EYE_OUT_L))
     drv = np.einsum("nk,klc->nlc", np.asarray(arkit, np.float64)[rows], B[:, :468])
     err = np.linalg.norm(obs - drv, axis=-1).mean() * 1000.0
     return {"mm": float(err), "frames": int(k),
@@ -239,7 +247,7 @@ def clip_metrics(cap, name: str, head) -> dict:
     valid = np.asarray(cap["valid"], bool)
     rows = np.flatnonzero(valid)
     ark = np.asarray(cap["arkit"], np.float64)
-    l2d = np.asarray(cap["landmarks2d"], np.float64)
+    l2d = np.asarray(cap["landmarks3d"], np.float64)   # the video's, pose-free (see 1.)
     out: dict = {"frames": int(valid.size), "valid": int(rows.size)}
     head_gap = lip_gap(driven_landmarks(L0, B, ark))
     out["mouth"] = mouth_metric(l2d, ark[:, INDEX["jawOpen"]], head_gap, rows)
@@ -249,7 +257,7 @@ def clip_metrics(cap, name: str, head) -> dict:
     if label:
         out["label"] = {"label": label, **label_metric(label, ark, middle_third(valid))}
     nr, src = neutral_rows(cap)
-    out["reproduction"] = {**reproduction_mm(cap["landmarks3d"], ark, nr, valid, B),
+    out["reproduction"] = {**reproduction_mm(cap["landmarks3d"], ark, nr, valid, B, L0=L0),
                            "neutral": src}
     return out
 
