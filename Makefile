@@ -1,6 +1,7 @@
 # emoca_blender: two commands.
 #   make demo [VIDEO=path.mp4]   capture -> rig -> retarget onto the sample character -> out/*.fbx, out/*.blend
-#   make test                    the test suite (what CI runs)
+#   make test                    the test suite (what CI runs; npm ci in tools/threejs where
+#                                node is present)
 # Both bootstrap .venv from requirements.txt on first use; later runs skip the install.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -29,8 +30,19 @@ $(DEMO_DIR)/%.mp4: | $(STAMP)
 demo: $(STAMP) $(VIDEO)
 	$(PY) -m emoca_blender run "$(VIDEO)" -o "$(OUT)" --name "$(NAME)"
 
+# three.js (pinned in tools/threejs/package-lock.json) for the independent-client tests: installed
+# where node is present, when the lock file is newer than the install; never fails the build
+# (without it those tests skip, saying why)
+THREEJS := tools/threejs
+
 test: $(STAMP)
 	$(PY) tools/fetch_demo_clips.py
+	@if command -v node >/dev/null 2>&1; then \
+	  if [ $(THREEJS)/package-lock.json -nt $(THREEJS)/node_modules/.package-lock.json ]; then \
+	    (cd $(THREEJS) && npm ci --no-audit --no-fund --loglevel=error) || \
+	      echo "npm ci failed in $(THREEJS): the three.js client tests will skip"; \
+	  fi; \
+	else echo "no node: the three.js client tests will skip"; fi
 	$(PY) -m pytest -q -rs tests
 
 bench: $(STAMP)

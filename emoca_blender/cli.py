@@ -157,15 +157,29 @@ def cmd_retarget(args, progress) -> int:
     return EXIT_OK
 
 
+#: what ``export`` writes, chosen by the output's name
+EXPORT_SUFFIXES = (".fbx", ".glb", ".gltf")
+
+
 def cmd_export(args, progress) -> int:
     from . import input_files
 
+    from .errors import BadInput
+
     out = Path(args.output)
-    _check_writable(out, ".fbx", "export")
+    suffix = next((s for s in EXPORT_SUFFIXES if out.name.lower().endswith(s)
+                   and out.name.lower() != s), None)
+    if suffix is None:      # the format is the name's: never guessed, never renamed
+        raise BadInput(f"output {out}: export writes .fbx or glTF (.glb, .gltf), chosen by "
+                       f"the name; give a name ending in {', '.join(EXPORT_SUFFIXES)}")
+    if suffix != ".fbx" and args.preset is not None:
+        raise BadInput(f"--preset is for FBX; glTF ({out.name}) has one convention for every "
+                       f"engine (metres, +Y up): leave --preset out")
+    _check_writable(out, suffix, "export")
     input_files.require(args.blend, ("blend",), "export")
     scene = _blender_side("cli_scene")
-    path = scene.export_blend_to_fbx(Path(args.blend), out, objects=args.objects,
-                                     preset=args.preset, face_only=args.face_only)
+    path = scene.export_blend(Path(args.blend), out, objects=args.objects,
+                              preset=args.preset or "generic", face_only=args.face_only)
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -347,16 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-start", type=int, default=1)
     p.set_defaults(func=cmd_retarget)
 
-    p = sub.add_parser("export", help="export the animated objects of a .blend to FBX",
-                       description="Export a .blend's animated meshes and armatures to FBX and "
-                                   "verify the file by importing it back.")
+    p = sub.add_parser("export",
+                       help="export the animated objects of a .blend to FBX or glTF",
+                       description="Export a .blend's animated meshes and armatures to FBX "
+                                   "(-o NAME.fbx) or glTF (-o NAME.glb, or NAME.gltf with the "
+                                   "buffer embedded) and verify the file by importing it back.")
     p.add_argument("blend")
-    p.add_argument("-o", "--output", required=True, help="output .fbx")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .fbx, .glb or .gltf (the format is chosen by the name)")
     p.add_argument("--objects", nargs="*", default=None, help="object names (default: all animated)")
-    p.add_argument("--preset", default="generic", choices=("generic", "unity", "unreal", "plain"),
+    p.add_argument("--preset", default=None, choices=("generic", "unity", "unreal", "plain"),
                    help="FBX preset: take named after the clip, neutral rest pose, character "
                         "at its origin, transforms applied (default generic; plain: the "
-                        "exporter's own output)")
+                        "exporter's own output). FBX only")
     p.add_argument("--face-only", action="store_true",
                    help="export only the meshes with shape keys (and their armature)")
     p.set_defaults(func=cmd_export)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import fbx_io, retarget_bake, rig_build
+from . import fbx_io, gltf_io, retarget_bake, rig_build
 from ._core import head_model
 from ._core import core as _core_pkg
 
@@ -171,8 +171,10 @@ def _animated(objs) -> list:
     return out
 
 
-def export_blend_to_fbx(blend: Path, out: Path, objects=None, preset: str = "generic",
-                       face_only: bool = False) -> Path:
+def export_blend(blend: Path, out: Path, objects=None, preset: str = "generic",
+                 face_only: bool = False) -> Path:
+    """Export a .blend's animated objects (or ``objects``) over its frame range: glTF when
+    ``out`` ends in .glb/.gltf (``preset`` is FBX's and not used), FBX otherwise."""
     if not Path(blend).is_file():
         raise _bad_input(f".blend file {blend} does not exist")
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -186,6 +188,9 @@ def export_blend_to_fbx(blend: Path, out: Path, objects=None, preset: str = "gen
         objs = _animated(scene.objects)
     if not objs:
         raise _bad_input(f"{Path(blend).name} has no animated object to export")
+    if Path(out).suffix.lower() in gltf_io.SUFFIXES:
+        return gltf_io.export_gltf(out, objs, frame_start=scene.frame_start,
+                                   frame_end=scene.frame_end, face_only=face_only)
     return fbx_io.export_fbx(out, objs, frame_start=scene.frame_start, frame_end=scene.frame_end,
                              preset=preset, face_only=face_only)
 

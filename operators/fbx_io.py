@@ -15,6 +15,10 @@ bpy 5.0.1 facts this module relies on (measured):
 
 :func:`read_fbx_animation` imports into a temporary scene and deletes everything the import
 created afterwards, so the user's scene, selection and data are left as they were.
+
+The steps around the exporter and importer calls (:func:`objects_to_export`,
+:func:`exporting`, :func:`check_reimport`, :func:`imported`, :func:`animation_of`) serve
+``gltf_io`` too.
 """
 from __future__ import annotations
 
@@ -29,7 +33,11 @@ from . import blender_anim
 from ._core import capture_file
 
 
-class FbxExportError(RuntimeError):
+class ExportError(RuntimeError):
+    """The file could not be written, or its re-import did not give the animation back."""
+
+
+class FbxExportError(ExportError):
     """The FBX could not be written, or its re-import did not give the animation back."""
 
 
@@ -191,41 +199,11 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
         raise FbxExportError(f"output folder {path.parent} does not exist")
     if preset not in PRESETS:
         raise FbxExportError(f"unknown FBX preset {preset!r}: one of {', '.join(PRESETS)}")
-    if face_only:
-        objects = [o for o in objects if o is not None and (o.type == "ARMATURE" or (
-            o.type == "MESH" and o.data.shape_keys is not None))]
-    objs = _with_armatures(objects)
-    if face_only:
-        objs = [o for o in objs if o.type != "MESH" or o.data.shape_keys is not None]
-    if not objs:
-        raise FbxExportError("nothing to export: no objects given")
+    objs = objects_to_export(objects, face_only, FbxExportError)
     scene = bpy.context.scene
-    view_layer = bpy.context.view_layer
-    view_layer.update()   # the view layer's object list is resynced lazily
-    in_layer = {o.name for o in view_layer.objects}
-    missing = [o.name for o in objs if o.name not in in_layer]
-    if missing:
-        raise FbxExportError(f"objects not in the current view layer: {', '.join(missing)}")
-
-    if bpy.context.mode != "OBJECT" and view_layer.objects.active is not None:
-        bpy.ops.object.mode_set(mode="OBJECT")
-    prev_sel = [o for o in view_layer.objects if o.select_get()]
-    prev_active = view_layer.objects.active
-    prev_range = (scene.frame_start, scene.frame_end)
-    hidden = [o for o in objs if o.hide_get()]
-    try:
-        for o in view_layer.objects:
-            o.select_set(False)
-        for o in hidden:
-            o.hide_set(False)
-        for o in objs:
-            o.select_set(True)
-        view_layer.objects.active = objs[0]
-        scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
-        ready = contextlib.nullcontext() if preset == "plain" else _engine_ready(
-            objs, scene, int(frame_start), take_name or take_name_of(objs), preset == "unreal")
-        with ready, bpy.context.temp_override(selected_objects=objs, active_object=objs[0]), \
-                capture_file.written_beside(path, suffix=".fbx.part") as tmp:
+    with exporting(objs, frame_start, frame_end, engine_ready=preset != "plain",
+                   take_name=take_name, unreal=preset == "unreal"):
+        with capture_file.written_beside(path, suffix=".fbx.part") as tmp:
             res = bpy.ops.export_scene.fbx(
                 filepath=tmp, check_existing=False, use_selection=True,
                 object_types={"ARMATURE", "MESH", "EMPTY"},
@@ -243,6 +221,63 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
             if preset != "plain":
                 fps = scene.render.fps / scene.render.fps_base
                 _set_time_span(tmp, int(frame_start) / fps, int(frame_end) / fps)
+
+    if verify:
+        # named "Armature" for Unreal (see _engine_ready)
+        check_reimport(objs, read_fbx_animation(path), path, FbxExportError,
+                       armature_alias="Armature" if preset == "unreal" else None)
+    return path
+
+
+def objects_to_export(objects, face_only: bool, error=ExportError) -> list:
+    """``objects`` plus their armatures (only meshes with shape keys when ``face_only``);
+    raises ``error`` when there is nothing, or an object is not in the view layer."""
+    if face_only:
+        objects = [o for o in objects if o is not None and (o.type == "ARMATURE" or (
+            o.type == "MESH" and o.data.shape_keys is not None))]
+    objs = _with_armatures(objects)
+    if face_only:
+        objs = [o for o in objs if o.type != "MESH" or o.data.shape_keys is not None]
+    if not objs:
+        raise error("nothing to export: no objects given")
+    view_layer = bpy.context.view_layer
+    view_layer.update()   # the view layer's object list is resynced lazily
+    in_layer = {o.name for o in view_layer.objects}
+    missing = [o.name for o in objs if o.name not in in_layer]
+    if missing:
+        raise error(f"objects not in the current view layer: {', '.join(missing)}")
+    return objs
+
+
+@contextlib.contextmanager
+def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = True,
+              take_name: str | None = None, unreal: bool = False):
+    """For the duration of an exporter call: object mode, exactly ``objs`` selected (and
+    shown), the scene's range ``frame_start..frame_end``, a context override naming them,
+    and with ``engine_ready`` what :func:`_engine_ready` does (the take named ``take_name``,
+    default :func:`take_name_of`; neutral rest; the character at its origin). Everything
+    is put back afterwards."""
+    scene = bpy.context.scene
+    view_layer = bpy.context.view_layer
+    if bpy.context.mode != "OBJECT" and view_layer.objects.active is not None:
+        bpy.ops.object.mode_set(mode="OBJECT")
+    prev_sel = [o for o in view_layer.objects if o.select_get()]
+    prev_active = view_layer.objects.active
+    prev_range = (scene.frame_start, scene.frame_end)
+    hidden = [o for o in objs if o.hide_get()]
+    try:
+        for o in view_layer.objects:
+            o.select_set(False)
+        for o in hidden:
+            o.hide_set(False)
+        for o in objs:
+            o.select_set(True)
+        view_layer.objects.active = objs[0]
+        scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
+        ready = _engine_ready(objs, scene, int(frame_start), take_name or take_name_of(objs),
+                              unreal) if engine_ready else contextlib.nullcontext()
+        with ready, bpy.context.temp_override(selected_objects=objs, active_object=objs[0]):
+            yield
     finally:
         scene.frame_start, scene.frame_end = prev_range
         for o in objs:
@@ -253,24 +288,25 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
             o.select_set(True)
         view_layer.objects.active = prev_active
 
-    if verify:
-        got = read_fbx_animation(path)
-        problems = []
-        for o in objs:
-            animated_keys = o.type == "MESH" and o.data.shape_keys is not None and \
-                blender_anim.read_fcurves(o.data.shape_keys)
-            animated_bones = o.type == "ARMATURE" and blender_anim.read_fcurves(o)
-            entry = got.get(o.name)
-            if entry is None and preset == "unreal" and o.type == "ARMATURE":
-                entry = got.get("Armature")             # named so for Unreal (see above)
-            if animated_keys and not (entry and entry["shape_keys"]):
-                problems.append(f"{o.name}: shape-key animation missing")
-            if animated_bones and not (entry and entry["bones"]):
-                problems.append(f"{o.name}: bone animation missing")
-        if problems:
-            raise FbxExportError(f"{path.name} was written but its re-import lacks: "
-                                 + "; ".join(problems))
-    return path
+
+def check_reimport(objs, got: dict, path, error=ExportError, armature_alias=None) -> None:
+    """Raise ``error`` when an object of ``objs`` animated on its shape keys or bones comes
+    back from the re-import ``got`` (:func:`read_fbx_animation`'s form) without them."""
+    problems = []
+    for o in objs:
+        animated_keys = o.type == "MESH" and o.data.shape_keys is not None and \
+            blender_anim.read_fcurves(o.data.shape_keys)
+        animated_bones = o.type == "ARMATURE" and blender_anim.read_fcurves(o)
+        entry = got.get(o.name)
+        if entry is None and armature_alias and o.type == "ARMATURE":
+            entry = got.get(armature_alias)
+        if animated_keys and not (entry and entry["shape_keys"]):
+            problems.append(f"{o.name}: shape-key animation missing")
+        if animated_bones and not (entry and entry["bones"]):
+            problems.append(f"{o.name}: bone animation missing")
+    if problems:
+        raise error(f"{Path(path).name} was written but its re-import lacks: "
+                    + "; ".join(problems))
 
 
 _ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "materials", "images",
@@ -300,63 +336,46 @@ def read_fbx_animation(path) -> dict:
         Object names are the FBX's (an import suffix like ``.001``, added because the user's
         file already has an object of that name, is removed).
     """
+    def fbx_import():
+        return bpy.ops.import_scene.fbx(filepath=str(path), use_anim=True,
+                                        automatic_bone_orientation=False,
+                                        ignore_leaf_bones=False, use_custom_props=False,
+                                        anim_offset=0.0)
+    with imported(path, fbx_import, FbxExportError) as (new_objects, tmp_scene, old_names):
+        # The importer placed keys at seconds * render.fps (the integer): undo its fps_base
+        # omission so frames are the exporting scene's frames.
+        return animation_of(new_objects, old_names, 1.0 / tmp_scene.render.fps_base)
+
+
+@contextlib.contextmanager
+def imported(path, do_import, error=ExportError, fps_base: float | None = None):
+    """Run the importer call ``do_import()`` into a temporary scene with the current
+    scene's frame rate (``fps_base`` replaces its base where given) and yield
+    (the objects it created, that scene, the names objects had before); afterwards the
+    scene and every datablock the import created are deleted and the user's scene is
+    current again."""
     path = Path(path)
     if not path.is_file():
-        raise FbxExportError(f"{path} does not exist")
+        raise error(f"{path} does not exist")
     before = _snapshot()
     old_names = {o.name for o in before["objects"]}
     window = bpy.context.window
     prev_scene = window.scene if window is not None else None
-    tmp_scene = bpy.data.scenes.new("emoca_fbx_check")
+    tmp_scene = bpy.data.scenes.new("emoca_import_check")
     cur = bpy.context.scene
     if cur is not None:   # same time base as the exporting scene (the importer may override)
         tmp_scene.render.fps, tmp_scene.render.fps_base = cur.render.fps, cur.render.fps_base
-    result: dict = {}
+    if fps_base is not None:
+        tmp_scene.render.fps_base = fps_base
     try:
         vl = tmp_scene.view_layers[0]
-        override = dict(scene=tmp_scene, view_layer=vl)
         if window is not None:
             window.scene = tmp_scene
-        with bpy.context.temp_override(**override):
-            res = bpy.ops.import_scene.fbx(filepath=str(path), use_anim=True,
-                                           automatic_bone_orientation=False,
-                                           ignore_leaf_bones=False, use_custom_props=False,
-                                           anim_offset=0.0)
+        with bpy.context.temp_override(scene=tmp_scene, view_layer=vl):
+            res = do_import()
         if "FINISHED" not in res:
-            raise FbxExportError(f"the FBX importer returned {res} for {path.name}")
-        new_objects = set(bpy.data.objects) - before["objects"]
-        # The importer placed keys at seconds * render.fps (the integer): undo its fps_base
-        # omission so frames are the exporting scene's frames.
-        fix = 1.0 / tmp_scene.render.fps_base
-
-        def frames_of(fr):
-            return np.round(fr * fix, 4) if abs(fix - 1.0) > 1e-9 else fr
-        for o in new_objects:
-            name = o.name
-            m = re.match(r"^(.*)\.\d{3}$", name)
-            if m and m.group(1) in old_names:
-                name = m.group(1)
-            entry = {"shape_keys": {}, "bones": {}}
-            if o.type == "MESH" and o.data.shape_keys is not None:
-                for (dp, idx), (fr, val) in blender_anim.read_fcurves(o.data.shape_keys).items():
-                    km = _KEY_RE.match(dp)
-                    if km:
-                        entry["shape_keys"][_unescape(km.group(1))] = (frames_of(fr), val)
-            if o.type == "ARMATURE":
-                chans: dict[tuple[str, str], dict[int, tuple]] = {}
-                for (dp, idx), fv in blender_anim.read_fcurves(o).items():
-                    bm = _BONE_RE.match(dp)
-                    if bm:
-                        chans.setdefault((_unescape(bm.group(1)), bm.group(2)), {})[idx] = fv
-                for (bone, prop), comps in chans.items():
-                    n = 4 if prop == "rotation_quaternion" else 3
-                    if sorted(comps) != list(range(n)):
-                        continue
-                    fr = comps[0][0]
-                    vals = np.stack([np.interp(fr, *comps[i]) for i in range(n)], -1)
-                    entry["bones"].setdefault(bone, {})[prop] = (frames_of(fr), vals)
-            if entry["shape_keys"] or entry["bones"] or o.type in ("MESH", "ARMATURE"):
-                result[name] = entry
+            raise error(f"the importer returned {res} for {path.name}")
+        yield set(bpy.data.objects) - before["objects"], tmp_scene, old_names
     finally:
         if window is not None and prev_scene is not None:
             window.scene = prev_scene
@@ -371,6 +390,41 @@ def read_fbx_animation(path) -> dict:
                 except (ReferenceError, RuntimeError):
                     pass
         bpy.data.scenes.remove(tmp_scene)
+
+
+def animation_of(new_objects, old_names, frame_scale: float = 1.0) -> dict:
+    """The shape-key and bone curves of imported objects in :func:`read_fbx_animation`'s
+    form; frames multiplied by ``frame_scale`` and rounded to 1e-4 (importers that convert
+    float32 seconds give 0.9999991 for frame 1)."""
+    def frames_of(fr):
+        return np.round(fr * frame_scale, 4)
+    result: dict = {}
+    for o in new_objects:
+        name = o.name
+        m = re.match(r"^(.*)\.\d{3}$", name)
+        if m and m.group(1) in old_names:
+            name = m.group(1)
+        entry = {"shape_keys": {}, "bones": {}}
+        if o.type == "MESH" and o.data.shape_keys is not None:
+            for (dp, idx), (fr, val) in blender_anim.read_fcurves(o.data.shape_keys).items():
+                km = _KEY_RE.match(dp)
+                if km:
+                    entry["shape_keys"][_unescape(km.group(1))] = (frames_of(fr), val)
+        if o.type == "ARMATURE":
+            chans: dict[tuple[str, str], dict[int, tuple]] = {}
+            for (dp, idx), fv in blender_anim.read_fcurves(o).items():
+                bm = _BONE_RE.match(dp)
+                if bm:
+                    chans.setdefault((_unescape(bm.group(1)), bm.group(2)), {})[idx] = fv
+            for (bone, prop), comps in chans.items():
+                n = 4 if prop == "rotation_quaternion" else 3
+                if sorted(comps) != list(range(n)):
+                    continue
+                fr = comps[0][0]
+                vals = np.stack([np.interp(fr, *comps[i]) for i in range(n)], -1)
+                entry["bones"].setdefault(bone, {})[prop] = (frames_of(fr), vals)
+        if entry["shape_keys"] or entry["bones"] or o.type in ("MESH", "ARMATURE"):
+            result[name] = entry
     return result
 
 
@@ -392,5 +446,6 @@ def save_blend(path) -> Path:
     return path
 
 
-__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "FbxExportError", "PRESETS",
-           "take_name_of"]
+__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "ExportError", "FbxExportError",
+           "PRESETS", "take_name_of", "objects_to_export", "exporting", "check_reimport",
+           "imported", "animation_of"]

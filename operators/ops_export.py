@@ -1,6 +1,8 @@
-"""Export operators: the animated character (or actor rig) as FBX, the scene as a .blend.
+"""Export operators: the animated character (or actor rig) as FBX or glTF, the scene as a
+.blend.
 
-``fbx_io`` does the writing; these only pick the objects, the frame range and the file.
+``fbx_io`` and ``gltf_io`` do the writing; these only pick the objects, the frame range and
+the file.
 """
 import os
 import traceback
@@ -69,15 +71,13 @@ _SOURCES = [('TARGETS', "Character", "The retarget targets (Face Mesh and Armatu
             ('SELECTED', "Selected", "The selected objects")]
 
 
-class EMOCA_OT_export_fbx(bpy.types.Operator, ExportHelper):
-    """Export the animated face (shape keys and bones) as FBX, over the scene's frame range"""
+class _AnimationExport(ExportHelper):
+    """The common part of the FBX and glTF export operators: the objects, the file, the
+    scene's frame range; subclasses name the format and :meth:`write` the file."""
 
-    bl_idname = "emoca.export_fbx"
-    bl_label = "Export Face Animation (FBX)"
     bl_options = {'REGISTER'}
+    format_name = ""
 
-    filename_ext = ".fbx"
-    filter_glob: StringProperty(default="*.fbx", options={'HIDDEN'})
     source: EnumProperty(name="Objects", description="What to export", items=_SOURCES,
                          default='TARGETS')
 
@@ -94,33 +94,84 @@ class EMOCA_OT_export_fbx(bpy.types.Operator, ExportHelper):
         context.window_manager.fileselect_add(self)
         return {'RUNNING_MODAL'}
 
+    def target_path(self, context) -> str:
+        return bpy.path.ensure_ext(properties.abspath(self.filepath) or
+                                   _default_path(context, self.filename_ext), self.filename_ext)
+
+    def write(self, path, objects, scene):
+        raise NotImplementedError
+
     def execute(self, context):
         objects = export_objects(context, self.source)
         if not objects:
             self.report({'ERROR'}, f"Nothing to export as {self.source.lower()}: "
                         f"{export_problem(context) or 'no objects'}")
             return {'CANCELLED'}
-        path = bpy.path.ensure_ext(properties.abspath(self.filepath) or
-                                   _default_path(context, ".fbx"), ".fbx")
+        path = self.target_path(context)
         folder = os.path.dirname(path)
         if folder and not os.path.isdir(folder):
             self.report({'ERROR'}, f"Folder does not exist: {folder}")
             return {'CANCELLED'}
         scene = context.scene
+        what = f"{self.format_name} export failed"
         try:
-            from . import fbx_io
-            out = fbx_io.export_fbx(path, objects, frame_start=scene.frame_start,
-                                    frame_end=scene.frame_end)
+            out = self.write(path, objects, scene)
         except (OSError, ValueError) as e:
-            self.report({'ERROR'}, f"FBX export failed: {e}")
+            self.report({'ERROR'}, f"{what}: {e}")
             return {'CANCELLED'}
         except Exception as e:  # noqa: BLE001 - reported, with the traceback on the console
             traceback.print_exc()
-            self.report({'ERROR'}, f"FBX export failed: {type(e).__name__}: {e}")
+            self.report({'ERROR'}, f"{what}: {type(e).__name__}: {e}")
             return {'CANCELLED'}
         self.report({'INFO'}, f"Exported {len(objects)} objects, frames {scene.frame_start}-"
                     f"{scene.frame_end}, to {out}")
         return {'FINISHED'}
+
+
+class EMOCA_OT_export_fbx(bpy.types.Operator, _AnimationExport):
+    """Export the animated face (shape keys and bones) as FBX, over the scene's frame range"""
+
+    bl_idname = "emoca.export_fbx"
+    bl_label = "Export Face Animation (FBX)"
+    format_name = "FBX"
+
+    filename_ext = ".fbx"
+    filter_glob: StringProperty(default="*.fbx", options={'HIDDEN'})
+
+    def write(self, path, objects, scene):
+        from . import fbx_io
+        return fbx_io.export_fbx(path, objects, frame_start=scene.frame_start,
+                                 frame_end=scene.frame_end)
+
+
+class EMOCA_OT_export_gltf(bpy.types.Operator, _AnimationExport):
+    """Export the animated face as glTF 2.0 (morph targets named by the shape keys, bone
+    animation, one animation named after the take) for three.js, Godot and Unity, over the
+    scene's frame range"""
+
+    bl_idname = "emoca.export_gltf"
+    bl_label = "Export Face Animation (glTF)"
+    format_name = "glTF"
+
+    filename_ext = ".glb"
+    filter_glob: StringProperty(default="*.glb;*.gltf", options={'HIDDEN'})
+
+    def _is_gltf(self) -> bool:
+        return os.path.splitext(self.filepath)[1].lower() == ".gltf"
+
+    def check(self, context):
+        # a name ending in .gltf is kept (the same content as text, buffer embedded)
+        return False if self._is_gltf() else super().check(context)
+
+    def target_path(self, context) -> str:
+        if self._is_gltf():
+            return properties.abspath(self.filepath)
+        return super().target_path(context)
+
+    def write(self, path, objects, scene):
+        from . import gltf_io
+        return gltf_io.export_gltf(path, objects, frame_start=scene.frame_start,
+                                   frame_end=scene.frame_end)
 
 
 class EMOCA_OT_save_capture_blend(bpy.types.Operator, ExportHelper):
@@ -165,4 +216,4 @@ class EMOCA_OT_save_capture_blend(bpy.types.Operator, ExportHelper):
         return {'FINISHED'}
 
 
-CLASSES = (EMOCA_OT_export_fbx, EMOCA_OT_save_capture_blend)
+CLASSES = (EMOCA_OT_export_fbx, EMOCA_OT_export_gltf, EMOCA_OT_save_capture_blend)

@@ -1,5 +1,6 @@
 """View3D > Sidebar > "EMOCA": the Retarget panel (targets, method, bake) with its Mapping,
-Bones and Timing & Presets sub-panels, and the Export panel (FBX, Live Link Face CSV).
+Bones and Timing & Presets sub-panels, and the Export panel (FBX, glTF, Live Link Face
+CSV).
 
 The mapping (capture channel -> shape keys, with per-channel calibration) and the bones are
 shown before baking and edited per row; ``Guess Mapping`` (or the first Retarget) fills
@@ -250,7 +251,13 @@ class EMOCA_PT_export(_EmocaPanel, bpy.types.Panel):
         scene = context.scene
         layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at "
                      f"{scene.render.fps / scene.render.fps_base:.4g} fps")
-        _button(layout, "emoca.export_fbx", ops_export.export_problem(context), icon='EXPORT')
+        problem = ops_export.export_problem(context)
+        row = layout.row(align=True)
+        row.scale_y = 1.3
+        row.enabled = problem is None
+        row.operator("emoca.export_fbx", icon='EXPORT', text="Export FBX")
+        row.operator("emoca.export_gltf", icon='EXPORT', text="Export glTF")
+        _reason(layout, problem)
         _button(layout, "emoca.export_livelink", ops_livelink.export_problem(context),
                 icon='EXPORT', text="Export Live Link Face CSV")
         layout.operator("emoca.import_livelink", icon='IMPORT', text="Import Live Link Face CSV")

@@ -205,6 +205,7 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.operator("emoca.retarget", icon='ACTION')
         layout.separator()
         layout.operator("emoca.export_fbx", icon='EXPORT')
+        layout.operator("emoca.export_gltf", icon='EXPORT')
         layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
         layout.separator()
         layout.operator("emoca.install_runtime", icon='PACKAGE')
@@ -217,6 +218,7 @@ def menu_object(self, context):
 
 def menu_export(self, context):
     self.layout.operator("emoca.export_fbx", text="EMOCA Face Animation (.fbx)")
+    self.layout.operator("emoca.export_gltf", text="EMOCA Face Animation (.glb/.gltf)")
 
 
 CLASSES = (EMOCA_PT_capture, EMOCA_PT_rig, EMOCA_MT_face_capture)

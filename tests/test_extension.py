@@ -30,7 +30,7 @@ HAS_BPY = importlib.util.find_spec("bpy") is not None
 needs_bpy = pytest.mark.skipif(not HAS_BPY, reason="the bpy module is not installed")
 
 OPERATORS = ("capture", "cancel_capture", "build_rig", "add_sample_character", "retarget",
-             "export_fbx", "save_capture_blend", "install_runtime")
+             "export_fbx", "export_gltf", "save_capture_blend", "install_runtime")
 PANELS = ("EMOCA_PT_capture", "EMOCA_PT_rig", "EMOCA_PT_retarget", "EMOCA_PT_export")
 HEAVY = ("torch", "mediapipe", "cv2")
 REGISTER_LIMIT_S = 0.2
@@ -786,6 +786,9 @@ def test_operators_in_background_mode(built_zip, tmp_path):
                 fbx = os.path.join(tmp, "caps", "clip.fbx")
                 r = bpy.ops.emoca.export_fbx(filepath=fbx)
                 out["fbx"] = dict(result=sorted(r), exists=os.path.isfile(fbx))
+                glb = os.path.join(tmp, "caps", "clip.glb")
+                r = bpy.ops.emoca.export_gltf(filepath=glb)
+                out["glb"] = dict(result=sorted(r), exists=os.path.isfile(glb))
                 blend = os.path.join(tmp, "caps", "clip.blend")
                 r = bpy.ops.emoca.save_capture_blend(filepath=blend)
                 out["blend"] = dict(result=sorted(r), exists=os.path.isfile(blend))
@@ -830,4 +833,5 @@ def test_operators_in_background_mode(built_zip, tmp_path):
         assert res["retarget"]["result"] == ["FINISHED"]
     if has_open or has_sample:
         assert res["fbx"] == {"result": ["FINISHED"], "exists": True}
+        assert res["glb"] == {"result": ["FINISHED"], "exists": True}
         assert res["blend"] == {"result": ["FINISHED"], "exists": True}

@@ -256,6 +256,7 @@ def test_retarget_panel_mapping_bones_presets_livelink(built_zip, tmp_path):
     assert ["operator", "emoca.export_livelink"] in res["export_panel"]
     assert ["operator", "emoca.import_livelink"] in res["export_panel"]
     assert ["operator", "emoca.export_fbx"] in res["export_panel"]
+    assert ["operator", "emoca.export_gltf"] in res["export_panel"]
 
     bt = res["bad_target"]
     assert bt["poll"] is False

@@ -1,0 +1,128 @@
+"""An independent client: three.js (the version pinned in tools/threejs/package-lock.json)
+loads the exported FBX (FBXLoader, unity preset) and GLB (GLTFLoader) in plain node
+(tools/threejs/dump_animation.mjs) and what it gets is compared with the .blend: the clip's
+name, the morph target names and rest weights, jawOpen's track against the baked curve at
+t = frame / fps, the jaw bone's rotation, the bones' scale.
+
+Skips only where there is no ``node`` or ``npm ci`` has not run in tools/threejs (``make
+test`` runs it wherever node is present)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+bpy = pytest.importorskip("bpy")
+
+from conftest import ROOT  # noqa: E402
+from emoca_blender.arkit import ARKIT_NAMES  # noqa: E402
+from operators import blender_anim, fbx_io, gltf_io  # noqa: E402
+from test_blender_rig import empty_scene  # noqa: E402,F401
+from test_gltf_export import character  # noqa: E402
+
+THREEJS = ROOT / "tools" / "threejs"
+
+
+@pytest.fixture(scope="module")
+def node():
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.skip("no node on PATH: the three.js client tests need Node 18+")
+    if not (THREEJS / "node_modules" / "three" / "package.json").is_file():
+        pytest.skip("three.js is not installed: run `npm ci` in tools/threejs (make test does "
+                    "where node is present)")
+    pinned = json.loads((THREEJS / "package-lock.json").read_text())
+    return exe, pinned["packages"]["node_modules/three"]["version"]
+
+
+def load_in_threejs(node, path) -> dict:
+    r = subprocess.run([node[0], str(THREEJS / "dump_animation.mjs"), str(path)],
+                       capture_output=True, text=True, timeout=120, cwd=THREEJS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def _angle(q):
+    """Rotation angle of unit quaternions [..., 4] (any component order with w last)."""
+    q = np.asarray(q, float)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return 2 * np.arccos(np.clip(np.abs(q[..., 3]), 0, 1))
+
+
+def _qmul_conj(a, b):
+    """conj(a) * b for [x, y, z, w] quaternions (b batched)."""
+    ax, ay, az, aw = -a[0], -a[1], -a[2], a[3]
+    bx, by, bz, bw = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    return np.stack([aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw,
+                     aw * bw - ax * bx - ay * by - az * bz], -1)
+
+
+def jaw_open_track(dump) -> tuple[np.ndarray, np.ndarray]:
+    """(times, weights) of jawOpen in the one clip: FBXLoader writes one track per morph
+    target (``Mesh.morphTargetInfluences[i]``), GLTFLoader one for all (values per time)."""
+    (clip,) = dump["clips"]
+    (mesh,) = [m for m in dump["meshes"] if "jawOpen" in m["morph_targets"]]
+    i, n = mesh["morph_targets"].index("jawOpen"), len(mesh["morph_targets"])
+    for t in clip["tracks"]:
+        if t["name"].endswith(f".morphTargetInfluences[{i}]") or \
+                t["name"].endswith(".morphTargetInfluences[jawOpen]"):
+            return np.array(t["times"]), np.array(t["values"])
+        if t["name"].endswith(".morphTargetInfluences"):
+            return np.array(t["times"]), np.array(t["values"]).reshape(-1, n)[:, i]
+    raise AssertionError(f"no jawOpen track in {[t['name'] for t in clip['tracks']]}")
+
+
+@pytest.mark.parametrize("fps", [30.0, 29.97])
+def test_threejs_reads_fbx_and_glb(empty_scene, tmp_path, node, fps):
+    objs, scene = character(fps=fps)
+    mesh = next(o for o in objs if o.type == "MESH")
+    arm = next(o for o in objs if o.type == "ARMATURE")
+    rate = scene.render.fps / scene.render.fps_base
+    frames = np.arange(scene.frame_start, scene.frame_end + 1)
+    jfr, jval = blender_anim.read_fcurves(mesh.data.shape_keys)[('key_blocks["jawOpen"].value',
+                                                                  0)]
+    q = blender_anim.read_fcurves(arm)
+    jaw_q = np.stack([np.interp(frames, *q[('pose.bones["jaw"].rotation_quaternion', i)])
+                      for i in (1, 2, 3, 0)], -1)                # [x, y, z, w]
+    files = {
+        "fbx": fbx_io.export_fbx(tmp_path / "c.fbx", objs, frame_start=scene.frame_start,
+                                 frame_end=scene.frame_end, preset="unity"),
+        "glb": gltf_io.export_gltf(tmp_path / "c.glb", objs, frame_start=scene.frame_start,
+                                   frame_end=scene.frame_end),
+    }
+    for kind, path in files.items():
+        d = load_in_threejs(node, path)
+        assert d["three"] == node[1].split(".")[1], (d["three"], node[1])   # the pinned one
+        assert [c["name"] for c in d["clips"]] == ["actor_take1"], kind
+        (m,) = [m for m in d["meshes"] if m["morph_targets"]]
+        assert set(ARKIT_NAMES) <= set(m["morph_targets"]), kind
+        assert np.abs(m["rest_weights"]).max() == 0.0, kind           # rest = neutral
+        # jawOpen: the baked curve at t = frame / fps
+        t, w = jaw_open_track(d)
+        assert np.abs(t - frames / rate).max() < 1e-4, (kind, t[:3], frames[:3] / rate)
+        assert np.abs(w - np.interp(t * rate, jfr, jval)).max() < 1e-4, kind
+        assert np.ptp(w) > 0.3, kind
+        # the jaw's rotation from its rest pose, the bake's angle (frame-independent)
+        (clip,) = d["clips"]
+        tr = next(x for x in clip["tracks"] if x["name"] == "jaw.quaternion")
+        rest = next(b for b in d["bones"] if b["name"] == "jaw")["quaternion"]
+        qq = np.array(tr["values"]).reshape(-1, 4)
+        got = _angle(_qmul_conj(np.array(rest), qq))
+        assert np.abs(got - _angle(jaw_q)).max() < 1e-3, kind
+        # bones and the character's root at scale 1 and at the origin
+        for b in d["bones"]:
+            assert np.allclose(b["scale"], 1, atol=1e-5), (kind, b)
+        for r in d["roots"]:
+            assert np.allclose(r["scale"], 1, atol=1e-5) and np.allclose(r["position"], 0,
+                                                                        atol=1e-6), (kind, r)
+        print(f"three.js r{d['three']} {kind} at {rate:.4g} fps: clip {clip['name']!r}, "
+              f"{len(m['morph_targets'])} morph targets, jawOpen max error "
+              f"{np.abs(w - np.interp(t * rate, jfr, jval)).max():.2e}")
