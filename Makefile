@@ -38,7 +38,8 @@ THREEJS := tools/threejs
 test: $(STAMP)
 	$(PY) tools/fetch_demo_clips.py
 	@if command -v node >/dev/null 2>&1; then \
-	  if [ $(THREEJS)/package-lock.json -nt $(THREEJS)/node_modules/.package-lock.json ]; then \
+	  if [ ! -f $(THREEJS)/node_modules/.package-lock.json ] || \
+	     [ $(THREEJS)/package-lock.json -nt $(THREEJS)/node_modules/.package-lock.json ]; then \
 	    (cd $(THREEJS) && npm ci --no-audit --no-fund --loglevel=error) || \
 	      echo "npm ci failed in $(THREEJS): the three.js client tests will skip"; \
 	  fi; \
