@@ -2,7 +2,7 @@
 the OLD capture's ARKit curves, and by the NEW capture's (head-on, Workbench, the painted
 head of the landmark renders), side by side, one row per frame.
 
-    python tools/render_fidelity_frames.py [--out docs/fidelity.png]
+    python tools/render_fidelity_frames.py [--out docs/fidelity.jpg]
 
 Reads the captures that ``bench/fidelity.py`` left in .cache/fidelity/ (run it first) and the
 clips they came from; picks per clip the widest-open mouth frame and, where the lids touch in
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     from emoca_blender.head_model import ICT_HEAD, bundled, load_head_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "fidelity.png")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "fidelity.jpg")
     ap.add_argument("--clips", default="mead,Wolfgang")
     a = ap.parse_args(argv)
     model = load_head_model(bundled(ICT_HEAD))
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         cv2.putText(head, t, (6 + i * SIZE, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (255, 255, 255), 1, cv2.LINE_AA)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(a.out), np.concatenate([head] + rows, 0))
+    cv2.imwrite(str(a.out), np.concatenate([head] + rows, 0), [cv2.IMWRITE_JPEG_QUALITY, 85])
     print(f"wrote {a.out} ({len(rows)} frames)")
     return 0
 
