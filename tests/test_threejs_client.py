@@ -24,7 +24,7 @@ from conftest import ROOT  # noqa: E402
 from emoca_blender.arkit import ARKIT_NAMES  # noqa: E402
 from operators import blender_anim, fbx_io, gltf_io  # noqa: E402
 from test_blender_rig import empty_scene  # noqa: E402,F401
-from test_gltf_export import character  # noqa: E402
+from test_gltf_export import character, mesh_and_armature  # noqa: E402
 
 THREEJS = ROOT / "tools" / "threejs"
 
@@ -65,32 +65,40 @@ def _qmul_conj(a, b):
                      aw * bw - ax * bx - ay * by - az * bz], -1)
 
 
-def jaw_open_track(dump) -> tuple[np.ndarray, np.ndarray]:
-    """(times, weights) of jawOpen in the one clip: FBXLoader writes one track per morph
-    target (``Mesh.morphTargetInfluences[i]``), GLTFLoader one for all (values per time)."""
+def jaw_open_tracks(dump) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(times, weights)] of jawOpen in the one clip, one per three.js mesh that has it (a
+    glTF mesh with several materials is one three.js mesh per primitive, each with its own
+    track). FBXLoader writes one track per morph target (``Mesh.morphTargetInfluences[i]``),
+    GLTFLoader one for all (the weights of every target per time)."""
     (clip,) = dump["clips"]
-    (mesh,) = [m for m in dump["meshes"] if "jawOpen" in m["morph_targets"]]
-    i, n = mesh["morph_targets"].index("jawOpen"), len(mesh["morph_targets"])
-    for t in clip["tracks"]:
-        if t["name"].endswith(f".morphTargetInfluences[{i}]") or \
-                t["name"].endswith(".morphTargetInfluences[jawOpen]"):
-            return np.array(t["times"]), np.array(t["values"])
-        if t["name"].endswith(".morphTargetInfluences"):
-            return np.array(t["times"]), np.array(t["values"]).reshape(-1, n)[:, i]
-    raise AssertionError(f"no jawOpen track in {[t['name'] for t in clip['tracks']]}")
+    out = []
+    for mesh in dump["meshes"]:
+        if "jawOpen" not in mesh["morph_targets"]:
+            continue
+        i, n = mesh["morph_targets"].index("jawOpen"), len(mesh["morph_targets"])
+        for t in clip["tracks"]:
+            name, _, prop = t["name"].rpartition(".")
+            if name != mesh["name"]:
+                continue
+            if prop in (f"morphTargetInfluences[{i}]", "morphTargetInfluences[jawOpen]"):
+                out.append((np.array(t["times"]), np.array(t["values"])))
+            elif prop == "morphTargetInfluences":
+                out.append((np.array(t["times"]), np.array(t["values"]).reshape(-1, n)[:, i]))
+    assert out, f"no jawOpen track in {[t['name'] for t in clip['tracks']]}"
+    return out
 
 
 @pytest.mark.parametrize("fps", [30.0, 29.97])
 def test_threejs_reads_fbx_and_glb(empty_scene, tmp_path, node, fps):
-    objs, scene = character(fps=fps)
-    mesh = next(o for o in objs if o.type == "MESH")
-    arm = next(o for o in objs if o.type == "ARMATURE")
+    objs, scene, bones = character(fps=fps)
+    mesh, arm = mesh_and_armature(objs)
+    jaw = bones["jaw"]
     rate = scene.render.fps / scene.render.fps_base
     frames = np.arange(scene.frame_start, scene.frame_end + 1)
     jfr, jval = blender_anim.read_fcurves(mesh.data.shape_keys)[('key_blocks["jawOpen"].value',
                                                                   0)]
     q = blender_anim.read_fcurves(arm)
-    jaw_q = np.stack([np.interp(frames, *q[('pose.bones["jaw"].rotation_quaternion', i)])
+    jaw_q = np.stack([np.interp(frames, *q[(f'pose.bones["{jaw}"].rotation_quaternion', i)])
                       for i in (1, 2, 3, 0)], -1)                # [x, y, z, w]
     files = {
         "fbx": fbx_io.export_fbx(tmp_path / "c.fbx", objs, frame_start=scene.frame_start,
@@ -102,18 +110,22 @@ def test_threejs_reads_fbx_and_glb(empty_scene, tmp_path, node, fps):
         d = load_in_threejs(node, path)
         assert d["three"] == node[1].split(".")[1], (d["three"], node[1])   # the pinned one
         assert [c["name"] for c in d["clips"]] == ["actor_take1"], kind
-        (m,) = [m for m in d["meshes"] if m["morph_targets"]]
-        assert set(ARKIT_NAMES) <= set(m["morph_targets"]), kind
-        assert np.abs(m["rest_weights"]).max() == 0.0, kind           # rest = neutral
+        morphed = [m for m in d["meshes"] if m["morph_targets"]]
+        assert morphed, kind
+        for m in morphed:
+            assert set(ARKIT_NAMES) <= set(m["morph_targets"]), (kind, m["name"])
+            assert np.abs(m["rest_weights"]).max() == 0.0, (kind, m["name"])  # rest = neutral
         # jawOpen: the baked curve at t = frame / fps
-        t, w = jaw_open_track(d)
-        assert np.abs(t - frames / rate).max() < 1e-4, (kind, t[:3], frames[:3] / rate)
-        assert np.abs(w - np.interp(t * rate, jfr, jval)).max() < 1e-4, kind
-        assert np.ptp(w) > 0.3, kind
+        err = 0.0
+        for t, w in jaw_open_tracks(d):
+            assert np.abs(t - frames / rate).max() < 1e-4, (kind, t[:3], frames[:3] / rate)
+            err = max(err, np.abs(w - np.interp(t * rate, jfr, jval)).max())
+            assert np.ptp(w) > 0.3, kind
+        assert err < 1e-4, (kind, err)
         # the jaw's rotation from its rest pose, the bake's angle (frame-independent)
         (clip,) = d["clips"]
-        tr = next(x for x in clip["tracks"] if x["name"] == "jaw.quaternion")
-        rest = next(b for b in d["bones"] if b["name"] == "jaw")["quaternion"]
+        tr = next(x for x in clip["tracks"] if x["name"] == f"{jaw}.quaternion")
+        rest = next(b for b in d["bones"] if b["name"] == jaw)["quaternion"]
         qq = np.array(tr["values"]).reshape(-1, 4)
         got = _angle(_qmul_conj(np.array(rest), qq))
         assert np.abs(got - _angle(jaw_q)).max() < 1e-3, kind
@@ -124,5 +136,5 @@ def test_threejs_reads_fbx_and_glb(empty_scene, tmp_path, node, fps):
             assert np.allclose(r["scale"], 1, atol=1e-5) and np.allclose(r["position"], 0,
                                                                         atol=1e-6), (kind, r)
         print(f"three.js r{d['three']} {kind} at {rate:.4g} fps: clip {clip['name']!r}, "
-              f"{len(m['morph_targets'])} morph targets, jawOpen max error "
-              f"{np.abs(w - np.interp(t * rate, jfr, jval)).max():.2e}")
+              f"{len(morphed)} mesh(es) with {len(morphed[0]['morph_targets'])} morph targets, "
+              f"jawOpen max error {err:.2e}")
