@@ -54,7 +54,7 @@ extension: $(STAMP)
 
 models: $(STAMP)
 	$(PY) tools/build_open_head_model.py
-	$(PY) tools/build_sample_character.py
+	$(PY) tools/build_ict_head.py
 
 clean:
 	rm -rf $(OUT) dist .pytest_cache

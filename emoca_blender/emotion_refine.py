@@ -626,12 +626,12 @@ def refine_capture(cap, frames, settings: RefineSettings | None = None, model=No
 
     from . import emotion
     from .emotion_mlp import torch_threads
-    from .head_model import OPEN_HEAD, bundled, load_head_model
+    from .head_model import ARKIT_HEADS, OPEN_HEAD, bundled, load_head_model
 
     s = settings or RefineSettings()
-    if cap.meta.get("head_model", "open_head") not in ("open_head", "", None) and model is None:
-        raise BadInput(f"emotion refinement supports the open head model; this capture uses "
-                       f"{cap.meta.get('head_model')!r}")
+    if cap.meta.get("head_model") not in ARKIT_HEADS + ("", None) and model is None:
+        raise BadInput(f"emotion refinement supports captures in ARKit channels (the "
+                       f"mediapipe backend); this capture uses {cap.meta.get('head_model')!r}")
     model = model or load_head_model(bundled(OPEN_HEAD))
     names = tuple(cap.names.get("expression", ()))
     if tuple(model.expression_names) != names:

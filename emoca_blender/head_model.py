@@ -43,7 +43,9 @@ import numpy as np
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
 OPEN_HEAD = "open_head.npz"
 ICT_HEAD = "ict_head.npz"
-SAMPLE_CHARACTER = "sample_character.npz"
+#: a capture's ``head_model`` meaning its expression is the 52 ARKit channels (the default
+#: backend writes "ict_head"; captures before the ICT head say "open_head")
+ARKIT_HEADS = ("ict_head", "open_head")
 
 
 class HeadModelError(ValueError):
@@ -238,6 +240,61 @@ def load_head_model(path: str | os.PathLike) -> HeadModel:
     m = HeadModel(name=info.get("name", path.stem), licence=info.get("licence", ""), **kw)
     validate(m)
     return m
+
+
+#: the sample character: the bundled ICT head with these identity coefficients (ICT's PCA
+#: modes, in standard deviations), a face unlike the typical actor's (longer, narrower, with
+#: a stronger jaw), fixed so the sample is the same everywhere. It stands in for a customer's
+#: character: 52 ARKit shape keys, jaw and eye bones, teeth, tongue and eyeballs.
+SAMPLE_IDENTITY = np.array([1.8, -1.5, 1.2, 0.9, -1.0, 0.0, 0.8, -0.6])
+#: landmark misfit allowed in the identity fit (metres, per coordinate): MediaPipe's face
+#: geometry is not ICT's (its landmarks are a learned surface, ICT's embedding a render of
+#: it), so besides ~1.5 mm of detection noise there is a model mismatch; at 5 mm the fitted
+#: coefficients come out with an RMS of 0.7-1.1 standard deviations on the bench clips, as
+#: the unit prior expects (at 1.5 mm they reach 4-13: the fit explains the mismatch with
+#: identity)
+IDENTITY_NOISE_M = 5e-3
+
+
+def ict_head() -> HeadModel:
+    """The bundled ICT FaceKit head (``bundled_models/ict_head.npz``)."""
+    return load_head_model(bundled(ICT_HEAD))
+
+
+def fit_identity(model: HeadModel, neutral: np.ndarray, point_weights: np.ndarray | None = None,
+                 noise: float = IDENTITY_NOISE_M) -> np.ndarray:
+    """The identity coefficients whose neutral landmarks best match an actor's.
+
+    A MAP fit with a unit-Gaussian prior on the coefficients (ICT's modes are in standard
+    deviations) and ``noise`` per coordinate, alternated twice with a similarity alignment of
+    the actor's landmarks onto the model's (one camera does not see the head's size, so the
+    scale is taken out). Args:
+        model: a head model with ``shape_basis`` and a landmark embedding.
+        neutral: (L,3) the actor's neutral landmarks (a capture's ``neutral_landmarks``).
+        point_weights: (L,) weights (default: every mesh landmark, irises left out).
+    Returns:
+        (S,) coefficients.
+    """
+    from .solve import similarity_align
+
+    if model.shape_basis is None:
+        return np.zeros(0)
+    N = np.asarray(neutral, np.float64)
+    L0 = np.asarray(model.landmarks(model.v_template), np.float64)
+    B = np.asarray(model.landmarks(model.shape_basis), np.float64)       # (S,L,3)
+    w = np.ones(len(L0)) if point_weights is None else np.asarray(point_weights, np.float64)
+    if point_weights is None and len(L0) == 478:
+        w[468:] = 0.0
+    Bf = B.reshape(len(B), -1)
+    W = np.repeat(w, 3)
+    G = (Bf * W) @ Bf.T + noise ** 2 * np.eye(len(B))
+    beta = np.zeros(len(B))
+    for _ in range(3):
+        target = L0 + np.tensordot(beta, B, axes=1)
+        s, R, t = similarity_align(N[None], target, w)
+        A = s[0] * N @ R[0].T + t[0]
+        beta = np.linalg.solve(G, (Bf * W) @ (A - L0).reshape(-1))
+    return beta
 
 
 def bundled(name: str) -> Path:

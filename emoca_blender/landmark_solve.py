@@ -1,7 +1,7 @@
 """Landmark-space solve: expression weights and rigid head pose from 478 MediaPipe landmarks.
 
-The open head model's 478 vertices are MediaPipe's landmarks, so its 52 ARKit shapes
-evaluated at the landmarks form a linear basis ``B`` (52, 478, 3). Given per-frame landmarks
+The bundled ICT head's 52 sculpted ARKit shapes, evaluated at its embedded MediaPipe
+landmarks, form a linear basis ``B`` (52, 478, 3). Given per-frame landmarks
 in the camera frame, the solve alternates, vectorised over frames:
 
 1. rigid pose: a weighted similarity Procrustes of the frame's points onto the expected
@@ -38,12 +38,12 @@ BLOCK = 1024
 
 @dataclass(frozen=True)
 class LandmarkBasis:
-    """The open head model at the 478 landmarks.
+    """A head model's expression shapes at the 478 landmarks.
 
     Attributes:
         template: (478,3) neutral landmarks, metres, head frame.
         basis: (K,478,3) offsets of each expression component at weight 1.
-        names: K component names (ARKit order for the open model).
+        names: K component names (ARKit order for the ICT head).
     """
 
     template: np.ndarray
@@ -58,6 +58,9 @@ class LandmarkBasis:
 
 @functools.lru_cache(maxsize=1)
 def open_head_basis() -> LandmarkBasis:
+    """The open head model's 52 ARKit shapes at its 478 vertices (its vertices are the
+    landmarks): the FLAME backends' ARKit solve (``flame_fit.arkit_from_flame``, checked on
+    synthetic FLAME models only; no real FLAME here to measure a switch to the ICT head)."""
     from .head_model import OPEN_HEAD, bundled, load_head_model
 
     m = load_head_model(bundled(OPEN_HEAD))
@@ -212,7 +215,7 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
     Returns:
         SolveResult.
     """
-    basis = basis or open_head_basis()
+    basis = basis or ict_head_basis()
     neutral = basis.template if neutral is None else np.asarray(neutral, np.float64)
     X = np.asarray(cam_pts, np.float64)
     N, P, _ = X.shape
@@ -225,6 +228,9 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
     # moves the alignment points (ICT's cheekPuff swells the cheeks out to the temples) is
     # then not partly taken for head motion by the alignment
     Jr = rigid_columns(neutral, allw)                          # (7, P*3)
+    # each rigid column scaled to the shapes' mean size (the columns are free, so this
+    # changes nothing but the conditioning of the active-set solve)
+    Jr = Jr * (np.linalg.norm(Bf, axis=1).mean() / np.linalg.norm(Jr, axis=1))[:, None]
     A = np.vstack([Bf, Jr])
     G = (A * pw) @ A.T
     dg = np.diag(G).copy()

@@ -32,11 +32,14 @@ def new_scene() -> None:
 
 
 def _model_for(capture, model_path=None):
-    name = capture.meta.get("head_model") or "open_head"
+    """(head model, identity or None) of the capture's rig: the ICT head with the actor's
+    identity for captures in ARKit channels, or the model file given."""
+    name = capture.meta.get("head_model") or "ict_head"
+    identity = None
     if model_path:
         model = head_model.load_head_model(model_path)
-    elif name == "open_head":
-        model = head_model.load_head_model(head_model.bundled(head_model.OPEN_HEAD))
+    elif name in head_model.ARKIT_HEADS:
+        model, identity = rig_build.arkit_head(capture)
     elif name.startswith("FLAME-"):
         raise _bad_input(f"this capture was made with the FLAME model {name!r} (backend "
                          "flame-fit or emoca): give your FLAME folder with --flame-dir (or set "
@@ -50,7 +53,7 @@ def _model_for(capture, model_path=None):
             f"the capture's expression ({len(cap_names)} components of {name!r}) does not "
             f"match the rig model {model.name!r} ({model.n_expressions} components); build "
             f"the rig with the model the capture was made with")
-    return model
+    return model, identity
 
 
 def _place(objs, x: float) -> None:
@@ -100,8 +103,8 @@ def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 
             if seq.is_dir():
                 displacement_material.apply_to_rig(mesh, capture_path, frame_start=frame_start)
     else:
-        model = _model_for(capture, model_path)
-        mesh, arm = rig_build.build_head_object(model, ACTOR_NAME)
+        model, identity = _model_for(capture, model_path)
+        mesh, arm = rig_build.build_head_object(model, ACTOR_NAME, shape=identity)
         rig_build.animate_head_rig(mesh, arm, capture, frame_start=frame_start,
                                    channels="expression")
     if "emotion_probs" in capture:
@@ -117,8 +120,8 @@ def load_character(character: str = "sample", offset: float = 0.0) -> list:
     appended) or an .fbx (imported). Returns the new objects."""
     before = set(bpy.data.objects)
     if character in ("sample", "", None):
-        model = head_model.load_head_model(head_model.bundled(head_model.SAMPLE_CHARACTER))
-        mesh, arm = rig_build.build_head_object(model, CHARACTER_NAME)
+        model, identity = rig_build.arkit_head()
+        mesh, arm = rig_build.build_head_object(model, CHARACTER_NAME, shape=identity)
         new = [o for o in (mesh, arm) if o is not None]
     else:
         p = Path(character)

@@ -24,6 +24,7 @@ from .ops_capture import (WorkerJobOperator, capture_file_problem, capture_stem,
                           capture_summary, worker_problem)
 
 OPEN_HEAD = "open_head"
+ARKIT_HEADS = ("ict_head", "open_head")   # head_model.ARKIT_HEADS (no core import at poll)
 
 
 def refined_output_for(capture: str) -> str:
@@ -75,8 +76,8 @@ class EMOCA_OT_emotion_refine(WorkerJobOperator, bpy.types.Operator):
         if meta is None:
             return "The capture has no sidecar .json (incomplete file?)"
         model = meta.get("head_model") or OPEN_HEAD
-        if model != OPEN_HEAD:
-            return (f"Refinement needs a capture of the open head model (MediaPipe backend); "
+        if model not in ARKIT_HEADS:
+            return (f"Refinement needs a capture in ARKit channels (MediaPipe backend); "
                     f"this one uses {model}")
         if not capture_video(context, meta):
             return "The capture's video is not found: choose it in Video"

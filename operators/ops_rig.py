@@ -12,8 +12,7 @@ from . import properties, worker
 from .ops_capture import capture_file_problem, capture_stem, load_capture
 
 COLLECTION = "EMOCA"
-OPEN_HEAD = "open_head.npz"
-SAMPLE_CHARACTER = "sample_character.npz"
+ICT_HEAD = "ict_head.npz"     # the actor rig and the sample character are ICT heads
 
 
 def bundled_path(name: str) -> str:
@@ -64,8 +63,8 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         problem = capture_file_problem(context)
-        if problem is None and not os.path.isfile(bundled_path(OPEN_HEAD)):
-            problem = f"{OPEN_HEAD} is missing from bundled_models/ (rebuild it, see README)"
+        if problem is None and not os.path.isfile(bundled_path(ICT_HEAD)):
+            problem = f"{ICT_HEAD} is missing from bundled_models/ (rebuild it, see README)"
         return properties.poll_ok(cls, problem)
 
     def execute(self, context):
@@ -75,7 +74,8 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             cap = load_capture(context)
             if str(cap.meta.get("head_model") or "").startswith("FLAME-"):
                 return self._build_flame(context, cap)
-            model = head_model.load_head_model(head_model.bundled(OPEN_HEAD))
+            from . import rig_build
+            model, identity = rig_build.arkit_head(cap)
         except (capture_file.CaptureError, head_model.HeadModelError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
@@ -85,9 +85,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             channels = "expression" if cols and set(cols) <= set(model.expression_names) \
                 else "arkit"
         try:
-            from . import rig_build
-            shape = cap.get("shape")
-            kw = {"shape": shape} if shape is not None and getattr(shape, "size", 0) else {}
+            kw = {"shape": identity} if identity is not None else {}
             stem = capture_stem(properties.abspath(props.capture_path))
             mesh, arm = rig_build.build_head_object(
                 model, f"Actor_{stem}", collection=ensure_collection(context.scene),
@@ -171,8 +169,8 @@ class EMOCA_OT_add_sample_character(bpy.types.Operator):
         if getattr(context.scene, "emoca", None) is None:
             cls.poll_message_set("The EMOCA add-on is not registered")
             return False
-        if not os.path.isfile(bundled_path(SAMPLE_CHARACTER)):
-            cls.poll_message_set(f"{SAMPLE_CHARACTER} is missing from bundled_models/ "
+        if not os.path.isfile(bundled_path(ICT_HEAD)):
+            cls.poll_message_set(f"{ICT_HEAD} is missing from bundled_models/ "
                                  "(rebuild it, see README)")
             return False
         return True
@@ -180,16 +178,16 @@ class EMOCA_OT_add_sample_character(bpy.types.Operator):
     def execute(self, context):
         from ._core import head_model
         props = context.scene.emoca
+        from . import rig_build
         try:
-            model = head_model.load_head_model(head_model.bundled(SAMPLE_CHARACTER))
+            model, identity = rig_build.arkit_head()
         except head_model.HeadModelError as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
         try:
-            from . import rig_build
             mesh, arm = rig_build.build_head_object(
                 model, "Sample_Character", collection=ensure_collection(context.scene),
-                with_armature=True)
+                with_armature=True, shape=identity)
         except Exception as e:  # noqa: BLE001
             return _unexpected(self, "Add sample character", e)
         # Beside the actor rather than inside it.

@@ -174,6 +174,63 @@ def _bone_direction(model, j: int, name: str, verts_b: np.ndarray) -> np.ndarray
     return _UP.copy()
 
 
+def arkit_head(capture=None):
+    """The head model and identity of a rig in ARKit channels: the bundled ICT head with the
+    actor's identity fitted to the capture's neutral landmarks (``neutral_landmarks``, which
+    the default backend stores), or with the sample character's fixed identity when
+    ``capture`` is None. Returns (model, identity coefficients)."""
+    model = head_model.ict_head()
+    if capture is None:
+        return model, head_model.SAMPLE_IDENTITY
+    nl = capture.get("neutral_landmarks") if hasattr(capture, "get") else None
+    if nl is None or np.asarray(nl).shape != (478, 3):
+        return model, None
+    return model, head_model.fit_identity(model, nl)
+
+
+#: base colours of the parts a head model names (linear RGB); parts not listed are skin
+PART_COLOURS = {"skin": (0.62, 0.42, 0.33), "teeth": (0.85, 0.82, 0.74),
+                "gums_tongue": (0.55, 0.18, 0.17), "mouth_socket": (0.20, 0.05, 0.05),
+                "eye_socket": (0.45, 0.25, 0.22), "eyeball": (0.85, 0.84, 0.80),
+                "iris": (0.10, 0.06, 0.04), "eyelashes": (0.04, 0.03, 0.02)}
+IRIS_DEG = 28.0    # eyeball faces within this angle of the eye's axis are iris
+
+
+def _part_materials(obj, model, vb: np.ndarray) -> None:
+    """One plain material per part (skin, teeth, gums and tongue, mouth, eyeballs with an
+    iris, lashes), so the rig reads as a head in Workbench and EEVEE; the part of a face is
+    its first vertex's."""
+    names = list(model.part_names)
+    fpart = np.asarray(model.vertex_part)[np.asarray(model.faces)[:, 0]]
+    slot_of = {}
+    idx = np.zeros(len(fpart), np.int32)
+    faces = np.asarray(model.faces)
+    for p, pname in enumerate(names):
+        key = ("eyeball" if pname.startswith("eyeball") else
+               "skin" if pname in ("face", "head") else pname)
+        sel = fpart == p
+        if not sel.any():
+            continue
+        if key == "eyeball":
+            j = model.joint_index("left_eye" if pname.endswith("left") else "right_eye")
+            c = model_to_blender(np.asarray(model.joints[j], np.float64))
+            u = vb[faces[sel]].mean(1) - c
+            ang = np.degrees(np.arccos(np.clip(-u[:, 1] / np.linalg.norm(u, axis=1), -1, 1)))
+            keys = np.where(ang < IRIS_DEG, "iris", "eyeball")
+        else:
+            keys = np.full(int(sel.sum()), key if key in PART_COLOURS else "skin")
+        out = np.zeros(int(sel.sum()), np.int32)
+        for k in np.unique(keys):
+            if k not in slot_of:
+                mat = bpy.data.materials.get(f"EMOCA_{k}") or bpy.data.materials.new(f"EMOCA_{k}")
+                mat.diffuse_color = (*PART_COLOURS[k], 1.0)
+                obj.data.materials.append(mat)
+                slot_of[k] = len(obj.data.materials) - 1
+            out[keys == k] = slot_of[k]
+        idx[sel] = out
+    obj.data.polygons.foreach_set("material_index", idx)
+
+
 def build_head_object(model, name: str, collection=None, with_armature: bool = True,
                       shape: np.ndarray | None = None, with_pose_correctives: bool = True):
     """Create the head mesh (and its armature) in Blender.
@@ -212,6 +269,8 @@ def build_head_object(model, name: str, collection=None, with_armature: bool = T
 
     obj = bpy.data.objects.new(name, me)
     coll.objects.link(obj)
+    if model.part_names and model.vertex_part is not None:
+        _part_materials(obj, model, vb)
 
     # Shape keys: relative to the basis, one per expression component.
     basis = obj.shape_key_add(name="Basis", from_mix=False)
@@ -356,6 +415,31 @@ def pose_corrective_features(pose: np.ndarray) -> np.ndarray:
     return (R - np.eye(3)).reshape(pose.shape[0], -1)
 
 
+def _shape_keys_turn_eyes(mesh_obj, key: str = "eyeLookOutLeft", group: str = "left_eye"
+                          ) -> bool:
+    """Whether the eyeLook* shape keys move the eyeballs (the open head model's) rather
+    than only the lids around eyeballs that the eye bones turn (the ICT head's): the key's
+    largest displacement on the vertices skinned to the eye bone."""
+    vg = mesh_obj.vertex_groups.get(group)
+    kb = mesh_obj.data.shape_keys.key_blocks.get(key) if mesh_obj.data.shape_keys else None
+    if vg is None or kb is None:
+        return True
+    n = len(mesh_obj.data.vertices)
+    w = np.zeros(n, np.float32)
+    for v in mesh_obj.data.vertices:
+        for g in v.groups:
+            if g.group == vg.index:
+                w[v.index] = g.weight
+    eye = w > 0.5
+    if not eye.any():
+        return True
+    a = np.empty(n * 3, np.float32)
+    b = np.empty(n * 3, np.float32)
+    kb.data.foreach_get("co", a)
+    kb.relative_key.data.foreach_get("co", b)
+    return float(np.abs((a - b).reshape(n, 3)[eye]).max()) > 1e-5
+
+
 def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
                      channels: str = "expression", action_name: str | None = None,
                      scene=None) -> dict:
@@ -433,7 +517,7 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
         if "jawOpen" in summary["shape_keys"]:
             curves.pop("jaw", None)
             summary["jaw_from"] = "shape keys"
-        if "eyeLookOutLeft" in summary["shape_keys"]:
+        if "eyeLookOutLeft" in summary["shape_keys"] and _shape_keys_turn_eyes(mesh_obj):
             curves.pop("left_eye", None)
             curves.pop("right_eye", None)
             summary["eyes_from"] = "shape keys"

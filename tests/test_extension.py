@@ -591,7 +591,7 @@ def test_panels_draw_in_every_state_and_operators_poll(built_zip, tmp_path):
     p = res["present"]
     assert any("tiny.capture.npz: 5 frames" in t for t in p["rig"]), p["rig"]
     assert p["polls"]["capture"] is True
-    assert p["polls"]["build_rig"] is (ROOT / "bundled_models" / "open_head.npz").is_file()
+    assert p["polls"]["build_rig"] is (ROOT / "bundled_models" / "ict_head.npz").is_file()
     assert p["polls"]["retarget"] is False
 
     t = res["target"]
@@ -682,8 +682,7 @@ def test_operators_in_background_mode(built_zip, tmp_path):
                                             names={"expression": arkit.ARKIT_NAMES})
             capture_file.save_capture(cap, path)
     '''))
-    has_open = (ROOT / "bundled_models" / "open_head.npz").is_file()
-    has_sample = (ROOT / "bundled_models" / "sample_character.npz").is_file()
+    has_open = has_sample = (ROOT / "bundled_models" / "ict_head.npz").is_file()
     os.environ["TINY_DIR"] = str(tiny_dir)
     try:
         res = run_blender_script(tmp_path, '''

@@ -267,7 +267,7 @@ class _Recount:
 
 class MediaPipeBackend:
     name = "mediapipe"
-    head_model = "open_head"
+    head_model = "ict_head"
 
     def __init__(self, face_index: int = 0, max_faces: int = 4, min_detection: float = 0.5,
                  probe_frames: int = 6, neutral_frame: int = -1, recover_gaps: bool = True,
