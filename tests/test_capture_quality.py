@@ -45,7 +45,7 @@ def _mid(cap, name, field="arkit"):
                "below the actor's closed-mouth frames, 0.2% of face height; W015 1.0 mm). Fitting "
                "the open head model's jawOpen to the chin region gives 0.06 (W015 0.20); 3x "
                "neutral (jawOpen >= 0.44) would need a ~7.8 mm mean chin drop. Our jawOpen (the "
-               "blendshape score fused with the landmark jaw: 0.06 vs 0.20) follows the chin; "
+               "landmark solve on the ICT head's sculpted jaw) follows the chin; "
                "see test_surprised_mouth_opening_is_lips_not_jaw", strict=True)),
     ("angry", ("browDownLeft", "browDownRight"), 2.0),
 ])
