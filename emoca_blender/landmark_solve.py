@@ -281,15 +281,21 @@ def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
 
 
-def solve_chunked(lmk_px: np.ndarray, chunk: int = 2048, **kw) -> SolveResult:
+def solve_chunked(lmk_px: np.ndarray, chunk: int = 2048, each=None, **kw):
     """:func:`solve_sequence` on MediaPipe image landmarks (N,478,3), ``chunk`` frames at a
     time, so the float64 work arrays stay small whatever the clip length (frames are
-    independent given the neutral)."""
+    independent given the neutral). With ``each`` (a function of one chunk's SolveResult
+    returning a tuple of per-frame arrays), only those arrays are kept and returned,
+    concatenated: a pass that needs a few numbers per frame holds no pose-free landmarks."""
     N = lmk_px.shape[0]
     fixed = kw.pop("fixed", None)
-    parts = [solve_sequence(camera_points(lmk_px[a:a + chunk]), **kw,
-                            fixed=None if fixed is None else fixed[a:a + chunk])
-             for a in range(0, max(N, 1), chunk)]
+    parts = []
+    for a in range(0, max(N, 1), chunk):
+        r = solve_sequence(camera_points(lmk_px[a:a + chunk]), **kw,
+                           fixed=None if fixed is None else fixed[a:a + chunk])
+        parts.append(r if each is None else each(r))
+    if each is not None:
+        return tuple(np.concatenate(x) for x in zip(*parts))
     if len(parts) == 1:
         return parts[0]
     cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731

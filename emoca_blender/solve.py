@@ -451,12 +451,10 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     basis, lid_scale = fit_lids_to_actor(basis, neutral)
     # a first pass with the eyeLook* shapes free (so a look's lid motion is not taken for
     # head motion) gives the pose-free irises, and from them the gaze
-    pre = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=TONGUE_ONLY, rounds=0,
-                           point_mask=SOLVE_POINTS)
-    eyes_i = eyes_from_iris(pre.pose_free, neutral)
-    openness = lid_openness(pre.pose_free, neutral)
+    eyes_i, openness = ls.solve_chunked(
+        L, neutral=neutral, basis=basis, pinned=TONGUE_ONLY, rounds=0, point_mask=SOLVE_POINTS,
+        each=lambda r: (eyes_from_iris(r.pose_free, neutral), lid_openness(r.pose_free, neutral)))
     look = gaze_to_arkit(eyes_i * iris_gaze_trust(openness)[:, :, None])
-    del pre
     res = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=SOLVE_PINNED, rounds=1,
                            fixed=look, point_mask=SOLVE_POINTS)
     del L
