@@ -61,9 +61,10 @@ def _with_armatures(objects) -> list:
 PRESETS = {
     # metres with transforms applied: roots at scale 1 and rotation 0 in Unity
     "unity": dict(apply_scale_options="FBX_SCALE_ALL", bake_space_transform=True),
-    # Unreal converts axes and units itself; an armature object named "Armature" is not
-    # turned into an extra root bone by its importer
-    "unreal": dict(apply_scale_options="FBX_SCALE_NONE", bake_space_transform=False),
+    # centimetres (Unreal's unit: the file says cm and holds cm) with transforms applied:
+    # roots at scale 1 and rotation 0; an armature object named "Armature" is not turned
+    # into an extra root bone by Unreal's importer
+    "unreal": dict(apply_scale_options="FBX_SCALE_NONE", bake_space_transform=True),
     "generic": dict(apply_scale_options="FBX_SCALE_ALL", bake_space_transform=True),
     # the exporter's plain output (before presets): kept for comparison
     "plain": dict(apply_scale_options="FBX_SCALE_NONE", bake_space_transform=False),
@@ -79,12 +80,14 @@ def _rest_value(data_path: str, index: int) -> float:
 
 
 @contextlib.contextmanager
-def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool):
+def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool, file_space=None):
     """For the duration: the scene is named ``take`` (the exporter names its one take after
     the scene), the current frame is ``frame_start - 1`` where every animated curve of
     ``objs`` holds a temporary rest key (so the file's rest pose is the neutral: shape keys
     0, bones at rest), root objects without location keys sit at the origin (no offset
-    written or keyed), and for Unreal the armature object is named "Armature"."""
+    written or keyed), for Unreal the armature object is named "Armature", and with
+    ``file_space`` (the exporter's global matrix) the armatures' rest poses are in the
+    file's space (:func:`_armatures_in_file_space`)."""
     undo = []
     rest_frame = frame_start - 1
     try:
@@ -123,6 +126,10 @@ def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool):
                     undo.append(lambda other=other: setattr(other, "name", "Armature"))
                 a.name = "Armature"
                 undo.append(lambda a=a, old=old: setattr(a, "name", old))
+        if file_space is not None:
+            for a in objs:
+                if a.type == "ARMATURE" and not (a.parent is not None and a.parent.name in names):
+                    undo.append(_armatures_in_file_space(a, file_space))
         prev = scene.frame_current
         scene.frame_set(rest_frame)
         undo.append(lambda: scene.frame_set(prev))
@@ -130,6 +137,88 @@ def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool):
     finally:
         for f in reversed(undo):
             f()
+
+
+def _armatures_in_file_space(arm, G):
+    """Give the root armature ``arm`` the rest pose it has in the FBX file's space, so the
+    exporter writes its node with rotation 0 and scale 1: the exporter puts its global
+    matrix ``G`` (axis conversion, and for "FBX_SCALE_NONE" the unit scale) on root nodes,
+    and its "apply transform" (``bake_space_transform``) reaches meshes only. Here the
+    armature object's matrix becomes ``G^-1`` (so its node gets ``G @ G^-1 = I``) and its
+    bones are moved by ``T = G @ A`` (``A`` its matrix before), on a copy of its data that
+    takes the data's name; pose-bone locations are scaled with ``T``'s scale, and the
+    objects parented to it get parent inverses that keep them where they are. Every vertex
+    and bone stays where it was in the world. Returns the function that undoes it all."""
+    undo = []
+    view_layer = bpy.context.view_layer
+    view_layer.update()                # matrix_world after the origin move above
+    A = arm.matrix_world.copy()
+    T = G @ A
+    s = T.to_scale()
+    if max(s) - min(s) > 1e-6 * max(s):
+        return lambda: None           # a non-uniform scale cannot go into bones
+    s = float(s[0])
+    children = [c for c in bpy.data.objects if c.parent == arm]
+    worlds = {c.name: c.matrix_world.copy() for c in children}
+    try:
+        orig = arm.data
+        old_name = orig.name
+        tmp = orig.copy()
+        orig.name = old_name + ".emoca_orig"
+        tmp.name = old_name
+        tmp.transform(T)
+        arm.data = tmp
+
+        def back_data():
+            arm.data = orig
+            bpy.data.armatures.remove(tmp)
+            orig.name = old_name
+        undo.append(back_data)
+        kept = {a: tuple(getattr(arm, a)) for a in ("location", "rotation_euler",
+                                                   "rotation_quaternion", "rotation_axis_angle",
+                                                   "scale")}
+        arm.matrix_world = G.inverted()
+        undo.append(lambda: [setattr(arm, a, v) for a, v in kept.items()])
+        if abs(s - 1.0) > 1e-9:        # bone-local units scale with the bones
+            for pb in arm.pose.bones:
+                if pb.location.length:
+                    loc = pb.location.copy()
+                    pb.location = loc * s
+                    undo.append(lambda pb=pb, loc=loc: setattr(pb, "location", loc))
+            for bag in blender_anim.channelbags_of(arm):
+                for fc in bag.fcurves:
+                    if fc.data_path.startswith("pose.bones[") and fc.data_path.endswith(
+                            ".location"):
+                        saved = [(tuple(k.co), tuple(k.handle_left), tuple(k.handle_right))
+                                 for k in fc.keyframe_points]
+                        for k in fc.keyframe_points:
+                            for a in ("co", "handle_left", "handle_right"):
+                                v = getattr(k, a)
+                                setattr(k, a, (v[0], v[1] * s))
+                        undo.append(lambda fc=fc, saved=saved: _set_keys(fc, saved))
+        view_layer.update()
+        for c in children:
+            P, B = c.matrix_parent_inverse.copy(), c.matrix_basis.copy()
+            c.matrix_parent_inverse = P @ B @ c.matrix_world.inverted() @ worlds[c.name] \
+                @ B.inverted()
+            undo.append(lambda c=c, P=P: setattr(c, "matrix_parent_inverse", P))
+        view_layer.update()
+    except BaseException:
+        for f in reversed(undo):
+            f()
+        raise
+
+    def undo_all():
+        for f in reversed(undo):
+            f()
+        view_layer.update()
+    return undo_all
+
+
+def _set_keys(fc, saved) -> None:
+    for k, (co, hl, hr) in zip(fc.keyframe_points, saved):
+        k.co, k.handle_left, k.handle_right = co, hl, hr
+    fc.update()
 
 
 def _drop_key(fc, frame: float) -> None:
@@ -153,7 +242,8 @@ def _set_time_span(path, start_s: float, stop_s: float) -> None:
         if i < 0 or data.find(pat, i + 1) >= 0:
             raise FbxExportError(f"cannot find one {name.decode()} in the exported FBX")
         j = i + len(pat)
-        data[j:j + 8] = int(round(sec * FBX_KTIME)).to_bytes(8, "little", signed=True)
+        # truncated as the exporter's own LocalStart/LocalStop (so the two agree)
+        data[j:j + 8] = int(sec * FBX_KTIME).to_bytes(8, "little", signed=True)
     Path(path).write_bytes(bytes(data))
 
 
@@ -175,7 +265,10 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
 
     The file is written under a temporary name in the same folder and renamed when complete.
     Axes: Blender's -Y forward, +Z up are written as FBX's -Z forward, +Y up (the exporter's
-    ``axis_forward='-Z', axis_up='Y'``), which Unreal, Unity and Maya read as facing forward.
+    ``axis_forward='-Z', axis_up='Y'``), which Unreal, Unity and Maya read as facing forward;
+    with the engine presets the conversion (and Unreal's centimetres) is in the geometry and
+    the bones, the roots at rotation 0 and scale 1 (:func:`_armatures_in_file_space`).
+    Times: frame / the clip's rate (:func:`clip_rate`), whatever the scene's rate.
 
     Args:
         path: the .fbx file to write.
@@ -202,7 +295,9 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
     objs = objects_to_export(objects, face_only, FbxExportError)
     scene = bpy.context.scene
     with exporting(objs, frame_start, frame_end, engine_ready=preset != "plain",
-                   take_name=take_name, unreal=preset == "unreal"):
+                   take_name=take_name, unreal=preset == "unreal",
+                   file_space=None if preset == "plain" else _global_matrix(
+                       scene, PRESETS[preset], global_scale)):
         with capture_file.written_beside(path, suffix=".fbx.part") as tmp:
             res = bpy.ops.export_scene.fbx(
                 filepath=tmp, check_existing=False, use_selection=True,
@@ -229,6 +324,39 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
     return path
 
 
+def _global_matrix(scene, options: dict, global_scale: float):
+    """The matrix the exporter puts on root nodes with ``options`` (bpy 5.0.1's
+    ``export_fbx_bin.save_single``): the axis conversion to -Z forward, +Y up, times the
+    unit scale where ``apply_scale_options`` is "FBX_SCALE_NONE"."""
+    from bpy_extras.io_utils import axis_conversion
+    from io_scene_fbx.fbx_utils import units_blender_to_fbx_factor
+    from mathutils import Matrix
+
+    G = axis_conversion(to_forward="-Z", to_up="Y").to_4x4()
+    if options["apply_scale_options"] == "FBX_SCALE_NONE":
+        G = Matrix.Scale(units_blender_to_fbx_factor(scene) * global_scale, 4) @ G
+    return G
+
+
+#: custom property of a baked action: the capture's frame rate (frames are capture frames)
+FPS_PROP = "emoca_fps"
+
+
+def clip_rate(objs, scene) -> float:
+    """The frame rate of the clip baked on ``objs``: the capture's rate the bake recorded
+    on their actions (:data:`FPS_PROP`; one capture frame per scene frame), else the
+    scene's ``fps / fps_base``."""
+    rates = set()
+    for o in objs:
+        for idb in (o, getattr(getattr(o, "data", None), "shape_keys", None)):
+            ad = getattr(idb, "animation_data", None)
+            if ad is not None and ad.action is not None and FPS_PROP in ad.action:
+                rates.add(round(float(ad.action[FPS_PROP]), 6))
+    if len(rates) == 1:
+        return rates.pop()
+    return scene.render.fps / scene.render.fps_base
+
+
 def objects_to_export(objects, face_only: bool, error=ExportError) -> list:
     """``objects`` plus their armatures (only meshes with shape keys when ``face_only``);
     raises ``error`` when there is nothing, or an object is not in the view layer."""
@@ -251,12 +379,14 @@ def objects_to_export(objects, face_only: bool, error=ExportError) -> list:
 
 @contextlib.contextmanager
 def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = True,
-              take_name: str | None = None, unreal: bool = False):
+              take_name: str | None = None, unreal: bool = False, file_space=None):
     """For the duration of an exporter call: object mode, exactly ``objs`` selected (and
-    shown), the scene's range ``frame_start..frame_end``, a context override naming them,
-    and with ``engine_ready`` what :func:`_engine_ready` does (the take named ``take_name``,
-    default :func:`take_name_of`; neutral rest; the character at its origin). Everything
-    is put back afterwards."""
+    shown), the scene's range ``frame_start..frame_end``, the scene's frame rate the clip's
+    (:func:`clip_rate`: a frame's time is frame / the capture's rate, whatever the scene's
+    rate), a context override naming them, and with ``engine_ready`` what
+    :func:`_engine_ready` does (the take named ``take_name``, default :func:`take_name_of`;
+    neutral rest; the character at its origin; armatures in ``file_space``). Everything is
+    put back afterwards."""
     scene = bpy.context.scene
     view_layer = bpy.context.view_layer
     if bpy.context.mode != "OBJECT" and view_layer.objects.active is not None:
@@ -264,8 +394,13 @@ def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = Tr
     prev_sel = [o for o in view_layer.objects if o.select_get()]
     prev_active = view_layer.objects.active
     prev_range = (scene.frame_start, scene.frame_end)
+    prev_rate = (scene.render.fps, scene.render.fps_base)
+    rate = clip_rate(objs, scene)
     hidden = [o for o in objs if o.hide_get()]
     try:
+        if abs(rate - prev_rate[0] / prev_rate[1]) > 1e-6 * rate:
+            scene.render.fps = max(1, int(round(rate)))
+            scene.render.fps_base = scene.render.fps / rate
         for o in view_layer.objects:
             o.select_set(False)
         for o in hidden:
@@ -275,11 +410,12 @@ def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = Tr
         view_layer.objects.active = objs[0]
         scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
         ready = _engine_ready(objs, scene, int(frame_start), take_name or take_name_of(objs),
-                              unreal) if engine_ready else contextlib.nullcontext()
+                              unreal, file_space) if engine_ready else contextlib.nullcontext()
         with ready, bpy.context.temp_override(selected_objects=objs, active_object=objs[0]):
             yield
     finally:
         scene.frame_start, scene.frame_end = prev_range
+        scene.render.fps, scene.render.fps_base = prev_rate
         for o in objs:
             o.select_set(False)
         for o in hidden:
@@ -448,4 +584,4 @@ def save_blend(path) -> Path:
 
 __all__ = ["export_fbx", "read_fbx_animation", "save_blend", "ExportError", "FbxExportError",
            "PRESETS", "take_name_of", "objects_to_export", "exporting", "check_reimport",
-           "imported", "animation_of"]
+           "imported", "animation_of", "clip_rate", "FPS_PROP"]

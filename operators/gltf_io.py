@@ -182,9 +182,9 @@ def export_gltf(path, objects, *, frame_start: int, frame_end: int, verify: bool
     objs = fbx_io.objects_to_export(objects, face_only, GltfExportError)
     take = take_name or fbx_io.take_name_of(objs)
     scene = bpy.context.scene
-    fps = scene.render.fps / scene.render.fps_base
     with fbx_io.exporting(objs, frame_start, frame_end, take_name=take), \
             capture_file.written_beside(path, suffix=".part.glb") as tmp:
+        fps = scene.render.fps / scene.render.fps_base    # the clip's (fbx_io.clip_rate)
         with _true_time_base(scene):
             res = bpy.ops.export_scene.gltf(filepath=tmp, export_format="GLB",
                                             export_nla_strips_merged_animation_name=take,

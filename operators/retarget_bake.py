@@ -31,7 +31,7 @@ import importlib
 import bpy
 import numpy as np
 
-from . import blender_anim, rig_build
+from . import blender_anim, fbx_io, rig_build
 from ._core import arkit, core
 
 retarget = importlib.import_module(core.__name__ + ".retarget")
@@ -439,6 +439,8 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                                                               world=True)
             summary["actions"][armature.name] = action.name
 
+    for name in summary["actions"].values():   # frames are capture frames: their rate
+        bpy.data.actions[name][fbx_io.FPS_PROP] = float(capture.fps)
     if set_scene:
         rig_build.set_scene_timing(bpy.context.scene, capture.fps, frame_start, N)
     return summary
