@@ -13,7 +13,7 @@ VIDEO  ?= $(DEMO_DIR)/WolfgangLanger_Pexels.mp4
 OUT    ?= out
 NAME   ?= $(basename $(notdir $(VIDEO)))
 
-.PHONY: demo test venv bench extension clean models
+.PHONY: demo test venv bench extension clean models mutate
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ test: $(STAMP)
 	  fi; \
 	else echo "no node: the three.js client tests will skip"; fi
 	$(PY) -m pytest -q -rs tests
+
+# the suite's strength: deliberate bugs applied one at a time (in a copy of HEAD), the
+# tests that catch each (tools/mutate.py --list; about 10 minutes on 2 cores)
+mutate: $(STAMP)
+	$(PY) tools/mutate.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -100,22 +100,64 @@ def test_filter_cuts_jitter_on_neutral(mead):
     assert np.abs(filt[:, fast] - raw[:, fast]).max() <= filters.PEAK_TOLERANCE + 1e-6
 
 
-def _lag(raw, filt, max_lag=8):
-    """Lag (frames) maximising the cross-correlation of the filtered curve with the raw."""
-    r = raw - raw.mean()
-    f = filt - filt.mean()
-    lags = range(-max_lag, max_lag + 1)
-    cc = [np.dot(r[max_lag:-max_lag], np.roll(f, -k)[max_lag:-max_lag]) for k in lags]
-    return list(lags)[int(np.argmax(cc))]
+def _lag(ref, got, max_lag=6):
+    """How many frames ``got`` trails ``ref`` (negative: leads), to a fraction of a frame:
+    the peak of their normalised cross-correlation (either sign), refined by a parabola."""
+    ref = (ref - ref.mean()) / (ref.std() + 1e-12)
+    got = (got - got.mean()) / (got.std() + 1e-12)
+    n = len(ref)
+    ks = np.arange(-max_lag, max_lag + 1)
+    cc = np.array([np.mean(got[max_lag:n - max_lag] * ref[max_lag - k:n - max_lag - k])
+                   for k in ks])
+    cc = cc * np.sign(cc[max_lag])
+    i = int(np.argmax(cc))
+    if 0 < i < len(ks) - 1:
+        a, b, c = cc[i - 1], cc[i], cc[i + 1]
+        if a - 2 * b + c < 0:
+            return float(ks[i] + 0.5 * (a - c) / (a - 2 * b + c))
+    return float(ks[i])
+
+
+def _yaw_from_landmarks(cap):
+    """An independent head yaw (arbitrary scale): per frame, the affine map of the actor's
+    neutral face mesh (pose-free, 468 points) onto the frame's image landmarks; the image x
+    that depth contributes, relative to the map's scale, grows with the turn."""
+    X = cap["neutral_landmarks"][:468].astype(np.float64)
+    X = np.c_[X - X.mean(0), np.ones(len(X))]
+    out = []
+    for lm in cap["landmarks2d"][:, :468].astype(np.float64):
+        A = np.linalg.lstsq(X, lm, rcond=None)[0][:3].T            # (2,3)
+        out.append(A[0, 2] / np.linalg.norm(A, axis=1).mean())
+    return np.array(out)
+
+
+def _lid_gap(cap):
+    """Upper-to-lower lid distance of both eyes in the image, over the face's height."""
+    L = cap["landmarks2d"].astype(np.float64)
+    face = np.linalg.norm(L[:, 10] - L[:, 152], axis=1)
+    return (np.linalg.norm(L[:, 159] - L[:, 145], axis=1)
+            + np.linalg.norm(L[:, 386] - L[:, 374], axis=1)) / face
+
+
+# the tolerance: the lag must round to zero frames (a one-frame delay reads about 1)
+HALF_FRAME = 0.5
 
 
 def test_filter_lag_on_motion(mead):
-    cap = mead["neutral"]           # speech: the jaw and the head move
-    for field, col in (("arkit", "jawOpen"), ("head_rotation", "ry"), ("head_rotation", "rx")):
-        raw = cap.column("arkit_raw", col) if field == "arkit" else None
-        if raw is None:
-            continue
-        assert abs(_lag(raw, cap.column(field, col))) <= 2
+    """On a real clip (MEAD neutral: speech, small head turns, blinks) the filtered curves
+    are in time with what they measure, to half a frame: jawOpen with its own raw curve
+    (the filter adds no lag), the head's yaw with a yaw read from the image landmarks by an
+    independent affine fit, the blinks with the lids' image gap. (Pitch and the jaw have no
+    landmark proxy clean enough here to resolve a frame; the synthetic motion in
+    tests/test_capture_timing.py times them, and the yaw and blinks again.)"""
+    cap = mead["neutral"]
+    assert abs(_lag(cap.column("arkit_raw", "jawOpen"), cap.column("arkit", "jawOpen"))) \
+        < HALF_FRAME
+    yaw = cap["head_rotation"][:, 1].astype(np.float64)
+    assert abs(_lag(_yaw_from_landmarks(cap), yaw)) < HALF_FRAME
+    blink = cap["blinks"].astype(np.float64).mean(1)
+    assert blink.max() > 0.5                                    # the clip has blinks
+    assert abs(_lag(_lid_gap(cap), blink)) < HALF_FRAME
 
 
 # -- bad input ---------------------------------------------------------------------------

@@ -88,12 +88,16 @@ def test_half_precision_autocast_matches_fp32(loaded, dtype):
 
     torch.set_num_threads(1)
     x = _faces().numpy()
-    ref = Runner(loaded.net, "cpu", "fp32").encode(x)
+    # skip only when this torch build lacks the kernels (probed on a bare convolution, not
+    # on our code: an error raised by our Runner is a failure)
     try:
-        half = Runner(loaded.net, "cpu", {"bfloat16": "bf16", "float16": "fp16"}[dtype],
-                      channels_last=True).encode(x)
-    except RuntimeError as e:                 # CPU autocast without this dtype's kernels
-        pytest.skip(f"CPU autocast {dtype} unsupported here: {e}")
+        with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+            torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(4, 3, 3, 3))
+    except RuntimeError as e:
+        pytest.skip(f"CPU autocast {dtype} unsupported by this torch: {e}")
+    ref = Runner(loaded.net, "cpu", "fp32").encode(x)
+    half = Runner(loaded.net, "cpu", {"bfloat16": "bf16", "float16": "fp16"}[dtype],
+                  channels_last=True).encode(x)
     for k in ("shape", "exp", "pose", "cam", "light", "detail"):
         a, b = ref[k], half[k]
         scale = float(np.sqrt(np.mean(a ** 2))) + 1e-6
@@ -101,3 +105,34 @@ def test_half_precision_autocast_matches_fp32(loaded, dtype):
         assert err < HALF_TOL[dtype], (k, err)
     # and the camera scale (about 9) to 1 %
     assert np.allclose(ref["cam"][:, 0], half["cam"][:, 0], rtol=1e-2)
+
+
+def test_detail_decoder_input_order_is_the_official_one():
+    """DECA's official D_detail reads [jaw pose 3, expression 50, detail code 128]
+    (decalib/deca.py: ``torch.cat([pose[:, 3:], exp, detail], 1)``). A generator whose
+    first layer gives each input position its own, distinguishable effect (random columns,
+    then tested to tell jaw, expression and detail apart) pins that order: decode_detail
+    must equal the generator applied to that concatenation, written out here."""
+    torch.manual_seed(0)
+    g = N.DetailGenerator().eval()
+    with torch.no_grad():
+        w = torch.randn_like(g.l1[0].weight) * 0.2
+        w[:, :3] *= 8.0                 # 3 jaw inputs among 181: made as strong as the rest
+        g.l1[0].weight.copy_(w)
+    stub = type("Net", (), {"D_detail": g})()
+    jaw = torch.randn(2, 3)
+    exp = torch.randn(2, 50)
+    detail = torch.randn(2, 128)
+    with torch.inference_mode():
+        got = N.EmocaNet.decode_detail(stub, jaw, exp, detail)
+        want = g(torch.cat([jaw, exp, detail], 1))           # official: jaw, exp, detail
+        swapped = g(torch.cat([exp, jaw, detail], 1))        # expression first: wrong
+        no_jaw = g(torch.cat([torch.zeros_like(jaw), exp, detail], 1))
+        base = g(torch.zeros(2, 181))
+    scale = float((want - base).abs().max())       # what the inputs change in the map
+    assert scale > 1e-5
+    # each input matters (the jaw alone over 5 % of what all inputs change) ...
+    assert float((want - no_jaw).abs().max()) > 0.05 * scale
+    assert float((want - swapped).abs().max()) > 0.05 * scale
+    # ... and decode_detail feeds them in the official order (float32 rounding apart)
+    assert float((got - want).abs().max()) <= 1e-6 * scale

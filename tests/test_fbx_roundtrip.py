@@ -71,10 +71,20 @@ def test_fbx_jaw_curve_matches_capture(empty_scene, tmp_path):
     obj, arm, cap, _ = baked_character(n=30)
     path = fbx_io.export_fbx(tmp_path / "j.fbx", [obj, arm], frame_start=1, frame_end=30)
     fr, q = fbx_io.read_fbx_animation(path)["Hero_rig"]["bones"]["jaw"]["rotation_quaternion"]
-    B = rig_build.bone_rest_rotation(arm, "jaw")
-    want = rig_build.model_rotvec_to_bone_quat(cap["jaw"], B)
+    # expected, written out (not model_rotvec_to_bone_quat): the jaw's model-axis rotation
+    # R, in Blender axes C R C^T, in the bone's rest axes B^T (C R C^T) B, as mathutils
+    # makes a quaternion of it
+    from mathutils import Matrix
+
+    from emoca_blender.head_model import rodrigues
+
+    B = np.array(arm.data.bones["jaw"].matrix_local.to_3x3(), np.float64)
+    C = rig_build.C
+    want = np.array([list(Matrix((B.T @ C @ rodrigues(r.astype(np.float64)) @ C.T @ B)
+                                 .tolist()).to_quaternion()) for r in cap["jaw"]])
     assert np.array_equal(fr, np.arange(1, 31))
     assert quat_angle(q, want).max() < 1e-3
+    assert quat_angle(want, np.array([1.0, 0, 0, 0])).max() > 0.05     # not the rest pose
 
 
 def test_read_fbx_leaves_user_scene_alone(empty_scene, tmp_path):
@@ -117,3 +127,23 @@ def test_save_blend_atomic(empty_scene, tmp_path):
     assert p.is_file() and [x.name for x in tmp_path.iterdir()] == ["scene.blend"]
     assert p.stat().st_size > 10_000
     assert bpy.data.filepath == ""     # a copy: the open file keeps its own path
+
+
+def test_fbx_head_relative_to_the_median_pose(empty_scene, tmp_path):
+    """Re-imported from the FBX, the head bone's rotation angle is the head's angle from the
+    median pose: a clip at rest under a camera above the actor (pitch 0.3) with a first
+    frame turned away (0.9) and a long look down (0.8 for 6 frames): 0 at rest, 0.6 and
+    0.5 on the outliers (the mean, 0.48, or the first frame would put them elsewhere)."""
+    pitch = np.r_[0.9, np.full(6, 0.8), np.full(13, 0.3)]
+    model = synthetic_head()
+    obj, arm = rig_build.build_head_object(model, "Hero")
+    cap = synthetic_capture(n=len(pitch))
+    cap.arrays["head_rotation"][:] = 0.0
+    cap.arrays["head_rotation"][:, 0] = pitch
+    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=1)
+    path = fbx_io.export_fbx(tmp_path / "h.fbx", [obj, arm], frame_start=1,
+                             frame_end=len(pitch))
+    fr, q = fbx_io.read_fbx_animation(path)["Hero_rig"]["bones"][s["bones"]["head"]][
+        "rotation_quaternion"]
+    assert quat_angle(q, np.array([1.0, 0, 0, 0])) == pytest.approx(np.abs(pitch - 0.3),
+                                                                      abs=1e-3)

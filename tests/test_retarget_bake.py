@@ -253,7 +253,8 @@ def test_bake_bones_world_rotations(empty_scene, style):
     cap = synthetic_capture(n=30, head_scale=1.0)
     # a camera above the actor: a constant offset the median must remove
     off = rodrigues(np.array([0.3, 0.0, 0.0]))
-    Rt = rodrigues(cap["head_rotation"].astype(np.float64))
+    Rall_own = cap["head_rotation"].astype(np.float64).copy()
+    Rt = rodrigues(Rall_own)
     cap.arrays["head_rotation"][:] = rig_build.quat_to_rotvec(
         rig_build.rotvec_to_quat(np.array([_rotvec(off @ R) for R in Rt])))
     s = retarget_bake.bake_capture(cap, [arm], bones=None, consistent_eyes=False)
@@ -271,8 +272,13 @@ def test_bake_bones_world_rotations(empty_scene, style):
         for bone, r in (("Jaw", cap["jaw"][i]), ("Eye_L", cap["eyes"][i, 0]), ("Eye_R", cap["eyes"][i, 1])):
             rel = np.linalg.inv(Dh) @ _deform(arm, bone)[:3, :3]
             assert np.abs(rel - C @ rodrigues(r.astype(np.float64)) @ C.T).max() < 1e-5, bone
-    # the median removes the camera offset: the character faces forward on average
-    assert np.linalg.norm(rig_build.quat_to_rotvec(qm) - [0.3, 0, 0]) < 0.3
+    # the median removes the camera offset: the neutral found is the camera's offset after
+    # the actor's own median pose (the per-axis median of their rotations, written out),
+    # within 2 degrees (the two medians of moderate rotations differ by less; the identity,
+    # offset kept, is 11 degrees away)
+    own = np.median(Rall_own, axis=0)
+    want_neutral = _rotvec(off @ rodrigues(own))
+    assert np.linalg.norm(rig_build.quat_to_rotvec(qm) - want_neutral) < np.radians(2.0)
 
 
 def _rotvec(R):
@@ -293,3 +299,46 @@ def test_bake_speed_10k_frames(empty_scene):
     assert len(fr) == 10_000
     print(f"bake 52 shape keys + 4 bones x 10,000 frames: {dt * 1000:.0f} ms")
     assert dt < 1.0
+
+
+def _pitch_frames():
+    """Head pitch (about the model's x axis) of a clip where mean, first frame and median
+    disagree: 13 frames at the actor's rest (0.3 rad: a camera above the actor), a first
+    frame turned far away (0.9) and a long look down (6 frames at 0.8)."""
+    pitch = np.r_[0.9, np.full(6, 0.8), np.full(13, 0.3)]
+    return pitch, np.stack([pitch, np.zeros_like(pitch), np.zeros_like(pitch)], 1)
+
+
+def test_neutral_head_pose_is_the_median_not_the_mean_or_first_frame():
+    """Written out: rotations about one axis, so the neutral is the median angle, 0.3 rad
+    (the mean would be 0.48, the first frame 0.9), and the head relative to it is the angle
+    minus 0.3 about the same axis: 0 on every rest frame (the camera offset removed),
+    0.6 and 0.5 on the outliers."""
+    pitch, rot = _pitch_frames()
+    cap = {"head_rotation": rot, "valid": np.ones(len(pitch), bool)}
+    qm = retarget_bake.median_rotation(rot, cap["valid"])
+    np.testing.assert_allclose(qm, [np.cos(0.15), np.sin(0.15), 0.0, 0.0], atol=1e-9)
+    rel = retarget_bake.relative_head_rotation(cap)
+    want = np.stack([pitch - 0.3, np.zeros_like(pitch), np.zeros_like(pitch)], 1)
+    np.testing.assert_allclose(rel, want, atol=1e-9)
+    # invalid frames do not vote: with the rest frames marked invalid the neutral is 0.8
+    valid = pitch > 0.5
+    qv = retarget_bake.median_rotation(rot, valid)
+    np.testing.assert_allclose(qv, [np.cos(0.4), np.sin(0.4), 0.0, 0.0], atol=1e-9)
+
+
+def test_baked_head_bone_is_relative_to_the_median(empty_scene):
+    """Baked onto the rig, the head bone's rotation angle is the head's angle from the
+    median pose (rotations keep their angle under any change of axes): 0 on the rest
+    frames, 0.6 and 0.5 on the outliers."""
+    pitch, rot = _pitch_frames()
+    model = synthetic_head()
+    obj, arm = rig_build.build_head_object(model, "Hero")
+    cap = synthetic_capture(n=len(pitch))
+    cap.arrays["head_rotation"][:] = rot
+    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=1)
+    head = s["bones"]["head"]
+    q = np.stack([blender_anim.read_fcurves(arm)[(f'pose.bones["{head}"].rotation_quaternion',
+                                                   i)][1] for i in range(4)], -1)
+    angle = 2 * np.arccos(np.clip(np.abs(q[:, 0]) / np.linalg.norm(q, axis=1), 0, 1))
+    np.testing.assert_allclose(angle, np.abs(pitch - 0.3), atol=1e-5)
