@@ -437,8 +437,9 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     if neutral_take is not None:
         neutral = np.asarray(neutral_take[1], np.float64)
     else:
-        first = ls.solve_sequence(ls.camera_points(L[S][cal.neutral_frames]), basis=basis,
-                                  pinned=SOLVE_PINNED, rounds=0, point_mask=SOLVE_POINTS)
+        first = ls.solve_sequence(ls.camera_points(L[np.flatnonzero(S)[cal.neutral_frames]]),
+                                  basis=basis, pinned=SOLVE_PINNED, rounds=0,
+                                  point_mask=SOLVE_POINTS)
         # the actor's neutral: the neutral frames' pose-free landmarks, minus whatever
         # expression the calibrated scores still see in them (gaze aside: the neutral's
         # gaze is where the iris gaze is measured from, the zero of the eyeLook* channels)
