@@ -56,20 +56,27 @@ class LandmarkBasis:
         return self.basis.reshape(self.basis.shape[0], -1)
 
 
+def _landmark_basis(file_name: str) -> LandmarkBasis:
+    """A bundled head model's expression shapes at its MediaPipe landmarks, read-only."""
+    from .head_model import bundled, load_head_model
+
+    m = load_head_model(bundled(file_name))
+    if m.landmark_tri is None and m.landmark_vertices is None:
+        m.landmark_vertices = np.arange(478)          # its first 478 vertices are them
+    t = np.asarray(m.landmarks(m.v_template), np.float64)
+    b = np.asarray(m.landmarks(m.expression_basis), np.float64)
+    t.setflags(write=False)
+    b.setflags(write=False)
+    return LandmarkBasis(t, b, tuple(m.expression_names))
+
+
 @functools.lru_cache(maxsize=1)
 def open_head_basis() -> LandmarkBasis:
     """The open head model's 52 ARKit shapes at its 478 vertices (its vertices are the
     landmarks): the FLAME backends' ARKit solve (``flame_fit.arkit_from_flame``, checked on
     synthetic FLAME models only; no real FLAME here to measure a switch to the ICT head)."""
-    from .head_model import OPEN_HEAD, bundled, load_head_model
-
-    m = load_head_model(bundled(OPEN_HEAD))
-    lv = m.landmark_vertices if m.landmark_vertices is not None else np.arange(478)
-    t = np.asarray(m.v_template[lv], np.float64)
-    b = np.asarray(m.expression_basis[:, lv], np.float64)
-    t.setflags(write=False)
-    b.setflags(write=False)
-    return LandmarkBasis(t, b, tuple(m.expression_names))
+    from .head_model import OPEN_HEAD
+    return _landmark_basis(OPEN_HEAD)
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,15 +85,9 @@ def ict_head_basis() -> LandmarkBasis:
 
     The eyeballs do not move in ICT's shapes (gaze is the eye joints'), so the iris rows are
     zero: the capture pins the eyeLook* channels to the gaze it measures from the irises and
-    leaves the iris points out of the fit (:func:`fit_weights`)."""
-    from .head_model import ICT_HEAD, bundled, load_head_model
-
-    m = load_head_model(bundled(ICT_HEAD))
-    t = np.asarray(m.landmarks(m.v_template), np.float64)
-    b = np.asarray(m.landmarks(m.expression_basis), np.float64)
-    t.setflags(write=False)
-    b.setflags(write=False)
-    return LandmarkBasis(t, b, tuple(m.expression_names))
+    leaves the iris points out of the fit (``solve.from_mediapipe``)."""
+    from .head_model import ICT_HEAD
+    return _landmark_basis(ICT_HEAD)
 
 
 def camera_points(lmk_px: np.ndarray) -> np.ndarray:

@@ -158,3 +158,20 @@ def test_render_round_trip_recovers_jaw_and_lids(ict, tmp_path):
     ratio = a[~none_j, J] / W[~none_j, J]
     assert ratio.min() >= 0.65 and ratio.max() <= 1.1, ratio
     assert a[4, J] > a[6, J] > a[3, J] + 0.1                    # more jaw reads as more jaw
+
+
+def test_build_script_reproduces_the_bundled_geometry(ict):
+    """tools/build_ict_head.py rebuilds the bundled geometry, bases and joints exactly from
+    ICT FaceKit in ../shared (the landmark embedding, from renders, is checked above)."""
+    src = SHARED / "ict_facekit"
+    if not (src / "ict_facekit.npz").is_file():
+        pytest.skip(f"ICT FaceKit is absent ({src}): it lives in ../shared, never in the repo")
+    import build_ict_head as b
+
+    m, info = b.build_geometry(src, ict.shape_basis.shape[0])
+    for k in ("v_template", "faces", "joints", "lbs_weights", "vertex_part", "uv_faces"):
+        np.testing.assert_array_equal(getattr(m, k), getattr(ict, k), err_msg=k)
+    np.testing.assert_array_equal(m.expression_basis.astype(np.float32), ict.expression_basis)
+    np.testing.assert_array_equal(m.shape_basis.astype(np.float32), ict.shape_basis)
+    np.testing.assert_array_equal(m.extra["landmarks68"], ict.extra["landmarks68"])
+    assert info["half_error_mm"] < 0.05

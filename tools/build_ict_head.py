@@ -251,7 +251,9 @@ def build_geometry(ict_dir: Path, n_identities: int) -> tuple[HeadModel, dict]:
         extra={"split_shapes": split.astype(np.float16),
                "split_names": np.array(["browInnerUp_L", "browInnerUp_R", "cheekPuff_L",
                                         "cheekPuff_R"]),
-               "jaw_open_rotvec": jaw_rotvec.astype(np.float32)})
+               "jaw_open_rotvec": jaw_rotvec.astype(np.float32),
+               "landmarks68": remap[np.asarray(json.loads(str(d["vertex_indices_json"]))[
+                   "idx_to_landmark_verts"], np.int64)].astype(np.int32)})
     info = {"vertices": len(V), "triangles": int(len(faces)),
             "identities": int(n_identities), "half_error_mm": round(err * 1000, 4),
             "jaw_rigid_fit_mm": round(float(rigid_err) * 1000, 3),
@@ -529,14 +531,7 @@ def main(argv=None) -> int:
               f"../shared/README.md)", file=sys.stderr)
         return 2
     model, info = build_geometry(a.ict, a.identities)
-    d = np.load(a.ict / "ict_facekit.npz")
-    vi = json.loads(str(d["vertex_indices_json"]))
-    keep = kept_vertices()
-    remap = -np.ones(d["neutral"].shape[0], np.int64)
-    remap[keep] = np.arange(len(keep))
-    lm68 = remap[np.asarray(vi["idx_to_landmark_verts"], np.int64)]
-    model.extra["landmarks68"] = lm68.astype(np.int32)
-    colors = paint_colors(model, lm68)
+    colors = paint_colors(model, model.extra["landmarks68"])
     if a.keep_renders:
         a.keep_renders.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ict_build_") as tmp:
