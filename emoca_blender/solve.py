@@ -464,6 +464,9 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     a[~S] = w[~S]                                         # recovered frames: landmarks only
     a[:, SOLVED] = w[:, SOLVED]                           # channel groups the solve carries
     a[:, INDEX["tongueOut"]] = 0.0                        # no evidence in landmarks or scores
+    # ARKit's mouthClose closes the lips over an open jaw, never more than the jaw opens
+    # (alone, the sculpted shape pushes the lips through each other)
+    a[:, INDEX["mouthClose"]] = np.minimum(a[:, INDEX["mouthClose"]], a[:, INDEX["jawOpen"]])
     a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]] = np.maximum(
         a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]],
         lid_closure(lid_openness(res.pose_free, neutral)))

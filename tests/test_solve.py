@@ -152,6 +152,21 @@ def test_solved_channels_recover_known_weights_under_noise():
     assert max(err.values()) <= 0.05, err
     assert np.mean(list(err.values())) <= 0.03, err
     assert set(solved) <= set(info["solved_channels"])
+    # ARKit: mouthClose closes the lips over an open jaw, never beyond it
+    assert (a[:, INDEX["mouthClose"]] <= a[:, INDEX["jawOpen"]] + 1e-7).all()
+
+
+def test_mouth_close_never_exceeds_the_jaw():
+    """Lips pressed together with the jaw closed (ICT's mouthPress) must not come out as
+    mouthClose alone, which on a rig pushes the lips through each other."""
+    N = 20
+    W = np.zeros((N, 52))
+    W[5:, [INDEX["mouthPressLeft"], INDEX["mouthPressRight"]]] = 0.6
+    W[5:, INDEX["mouthRollLower"]] = 0.3
+    out, _ = solve.from_mediapipe(_frontal(W, noise_mm=0.3), np.zeros((N, 52)),
+                                  np.tile(np.eye(4), (N, 1, 1)))
+    a = out["arkit"]
+    assert (a[:, INDEX["mouthClose"]] <= a[:, INDEX["jawOpen"]] + 1e-7).all()
 
 
 def test_shut_eye_is_a_blink_and_looking_down_is_not():
