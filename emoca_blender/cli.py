@@ -270,8 +270,9 @@ def _add_capture_options(p):
                         "throughout")
     p.add_argument("--start", type=ranged(int, 0), default=0, help="first frame (default 0)")
     p.add_argument("--end", type=ranged(int, 1), default=None, help="stop before this frame")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="device for GPU backends (default auto)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="device for GPU backends (default auto: CUDA, else Apple's MPS, else "
+                        "the CPU; `device` shows what this Python sees)")
     p.add_argument("--flame-dir", default="", metavar="DIR",
                    help="your FLAME folder (generic_model.pkl + mediapipe_landmark_embedding.npz)"
                         " for --backend flame-fit")
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module(__package__ + ".landmarks_cli").add_parser(sub)
     importlib.import_module(__package__ + ".emotion_cli").add_parsers(sub)
     importlib.import_module(__package__ + ".livelink_cli").add_parser(sub)
+    importlib.import_module(__package__ + ".device_info").add_parser(sub)
     return ap
 
 

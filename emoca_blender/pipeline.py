@@ -217,6 +217,8 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                           neutral_frame=int(settings.neutral_frame), **flame_kw)
     t_probe = 0.0   # faces are counted inside the stream (num_faces=0), no separate pass
     if progress is not None:
+        if getattr(backend, "device_line", None):   # the network backends: where they run
+            progress.message(backend.device_line)
         progress.stage("track", n_hint)
     t0 = time.perf_counter()
     pts: list[float] = []

@@ -6,7 +6,13 @@ runs ("Show Commands", ``dry_run=True``: they are reported, printed and kept in 
 preferences' status), and run in a separate process (``runtime.py run PLAN.json``) followed
 by a timer like the capture, so Blender never freezes; Esc cancels. pip downloads from the
 Python Package Index, so the operator refuses when ``bpy.app.online_access`` is off, unless a
-local wheel folder is chosen (``--no-index --find-links``, no network).
+local wheel folder is chosen (``--no-index --find-links``, no network). torch, on request, is
+built for what the worker runs on (preferences: Run On CPU or NVIDIA GPU with a CUDA version,
+the PyTorch wheel index; see ``runtime.plan_install``).
+
+Check Device runs ``python -m emoca_blender device`` in the worker Python (the core's
+``device_info``) and shows its lines in the preferences and the Capture panel: torch's build,
+the GPU or why there is none, the precision and batch size EMOCA will use.
 """
 import os
 import sys
@@ -21,7 +27,7 @@ from . import properties, runtime, worker
 TIMER_INTERVAL = 0.2
 
 #: The last plan made (tests and scripts read the commands from here).
-LAST: dict = {"plan": None, "job": None}
+LAST: dict = {"plan": None, "job": None, "device_job": None, "device": None}
 
 
 def make_plan(context, base_python: str = "", recreate: bool = False) -> runtime.InstallPlan:
@@ -29,7 +35,11 @@ def make_plan(context, base_python: str = "", recreate: bool = False) -> runtime
     wheels = properties.abspath(prefs.runtime_wheel_folder) or None
     return runtime.plan_install(properties.runtime_venv(), base_python or sys.executable,
                                 with_torch=prefs.runtime_with_torch, wheel_dir=wheels,
-                                recreate=recreate)
+                                recreate=recreate,
+                                torch_target=getattr(prefs, "runtime_torch_target", "cpu"),
+                                cuda=getattr(prefs, "runtime_cuda", runtime.CUDA_BUILDS[0][0]),
+                                torch_index=getattr(prefs, "runtime_torch_index", "")
+                                or runtime.TORCH_INDEX)
 
 
 def online_problem(plan: runtime.InstallPlan) -> str | None:
@@ -46,7 +56,54 @@ def _set_status(context, text: str) -> None:
         prefs.runtime_status = text
 
 
-class EMOCA_OT_install_runtime(bpy.types.Operator):
+class _ModalJob:
+    """Following one worker job on a timer (Install Runtime, Check Device): the operator
+    starts ``self._job``, calls ``_follow``; ``_on_progress`` shows what arrives, ``_done``
+    applies the end; Esc cancels. Blender never waits on the job."""
+
+    _timer = None
+    _job = None
+
+    def _follow(self, context):
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
+        wm.modal_handler_add(self)
+        return {'RUNNING_MODAL'}
+
+    def _on_progress(self, context, job) -> None:
+        pass
+
+    def modal(self, context, event):
+        job = self._job
+        if job is None:
+            return self._finish(context, None)
+        if event.type == 'TIMER':
+            if job.poll():
+                self._on_progress(context, job)
+            if not job.running:
+                return self._finish(context, job)
+            return {'PASS_THROUGH'}
+        if event.type == 'ESC' and event.value == 'PRESS':
+            job.cancel()
+            return self._finish(context, job)
+        return {'PASS_THROUGH'}
+
+    def _finish(self, context, job):
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        self._job = None
+        if job is None:
+            return {'CANCELLED'}
+        return self._done(context, job)
+
+
+def _redraw(context) -> None:
+    for area in getattr(getattr(context, "screen", None), "areas", ()) or ():
+        area.tag_redraw()
+
+
+class EMOCA_OT_install_runtime(_ModalJob, bpy.types.Operator):
     """Create or repair the worker's Python environment (a virtual environment in the
     add-on's user folder with the pinned packages); no admin rights needed"""
 
@@ -64,9 +121,6 @@ class EMOCA_OT_install_runtime(bpy.types.Operator):
     base_python: StringProperty(
         name="Base Python", description="Python that creates the environment (empty: "
         "Blender's own Python)", default="", subtype='FILE_PATH', options={'SKIP_SAVE'})
-
-    _timer = None
-    _job = None
 
     @classmethod
     def poll(cls, context):
@@ -158,35 +212,13 @@ class EMOCA_OT_install_runtime(bpy.types.Operator):
             return {'FINISHED'}
         if self._start(context, plan) is None:
             return {'CANCELLED'}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
-        wm.modal_handler_add(self)
-        return {'RUNNING_MODAL'}
+        return self._follow(context)
 
-    def modal(self, context, event):
-        job = self._job
-        if job is None:
-            return self._finish(context, None)
-        if event.type == 'TIMER':
-            if job.poll():
-                _set_status(context, f"Installing: {job.progress.message or job.progress.text()}")
-                for area in getattr(context.screen, "areas", ()):
-                    area.tag_redraw()
-            if not job.running:
-                return self._finish(context, job)
-            return {'PASS_THROUGH'}
-        if event.type == 'ESC' and event.value == 'PRESS':
-            job.cancel()
-            return self._finish(context, job)
-        return {'PASS_THROUGH'}
+    def _on_progress(self, context, job) -> None:
+        _set_status(context, f"Installing: {job.progress.message or job.progress.text()}")
+        _redraw(context)
 
-    def _finish(self, context, job):
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        self._job = None
-        if job is None:
-            return {'CANCELLED'}
+    def _done(self, context, job):
         try:
             os.unlink(getattr(job, "plan_file", ""))
         except OSError:
@@ -194,7 +226,8 @@ class EMOCA_OT_install_runtime(bpy.types.Operator):
         log = job.save_log(os.path.join(os.path.dirname(LAST["plan"].venv),
                                         "install_runtime.log"))
         if job.state == worker.DONE:
-            _set_status(context, f"Runtime ready: {LAST['plan'].python}")
+            _set_status(context, f"Runtime ready: {LAST['plan'].python} (Check Device shows "
+                        "what it runs on)")
             self.report({'INFO'}, f"Worker runtime installed in {LAST['plan'].venv}")
             return {'FINISHED'}
         if job.state == worker.CANCELLED:
@@ -207,4 +240,95 @@ class EMOCA_OT_install_runtime(bpy.types.Operator):
         return {'CANCELLED'}
 
 
-CLASSES = (EMOCA_OT_install_runtime,)
+# --------------------------------------------------------------------------------------
+# Check Device: what the worker's torch sees
+
+
+def device_command(context) -> list[str]:
+    """``python -u -m emoca_blender device --device D --progress json`` in the worker
+    Python (the core's ``device_info``: imports torch only)."""
+    python, _source = properties.worker_python(context)
+    return worker.core_command(python, "device", "--device", properties.device(context))
+
+
+def device_result(job: worker.WorkerJob) -> tuple[dict | None, list[str]]:
+    """(the worker's device report, the lines to show) from a finished Check Device job."""
+    info = next((e.get("device") for e in reversed(job.events)
+                 if e.get("stage") == "done" and isinstance(e.get("device"), dict)), None)
+    if job.state == worker.DONE and info is not None:
+        return info, [str(t) for t in info.get("lines") or ()]
+    if job.state == worker.CANCELLED:
+        return None, ["Check Device cancelled"]
+    return None, [f"Check Device failed: {job.error or 'the worker said nothing'}"]
+
+
+def _set_device_status(context, text: str) -> None:
+    prefs = properties.get_prefs(context)
+    if hasattr(prefs, "bl_rna"):
+        prefs.device_status = text
+    else:
+        type(prefs).device_status = text
+
+
+class EMOCA_OT_check_device(_ModalJob, bpy.types.Operator):
+    """Ask the worker what it runs the FLAME and EMOCA networks on: torch's version and
+    build, the GPU (or why there is none), the precision and batch size"""
+
+    bl_idname = "emoca.check_device"
+    bl_label = "Check Device"
+    bl_options = {'REGISTER'}
+
+    @classmethod
+    def poll(cls, context):
+        job = LAST.get("device_job")
+        if job is not None and job.running:
+            cls.poll_message_set("The worker is being asked")
+            return False
+        python, source = properties.worker_python(context)
+        return properties.poll_ok(cls, None if os.path.isfile(python) else
+                                  f"Worker Python not found: {python} ({source})")
+
+    def _start(self, context):
+        job = worker.WorkerJob(device_command(context), output=None)
+        try:
+            job.start()
+        except worker.WorkerError as e:
+            self.report({'ERROR'}, str(e))
+            _set_device_status(context, f"Check Device failed: {e}")
+            return None
+        LAST["device_job"] = job
+        self._job = job
+        _set_device_status(context, "Asking the worker (importing torch)...")
+        return job
+
+    def execute(self, context):
+        job = self._start(context)
+        if job is None:
+            return {'CANCELLED'}
+        try:
+            job.wait(timeout=120)
+        except KeyboardInterrupt:
+            pass
+        if job.running:
+            job.cancel()
+        return self._finish(context, job)
+
+    def invoke(self, context, event):
+        if self._start(context) is None:
+            return {'CANCELLED'}
+        return self._follow(context)
+
+    def _done(self, context, job):
+        info, lines = device_result(job)
+        LAST["device"] = info
+        _set_device_status(context, "\n".join(lines))
+        _redraw(context)
+        print("EMOCA Check Device:\n  " + "\n  ".join(lines), flush=True)
+        if info is None:
+            self.report({'ERROR'}, lines[0])
+            return {'CANCELLED'}
+        self.report({'INFO'}, info.get("summary") or lines[-1])
+        return {'FINISHED'}
+
+
+CLASSES = (EMOCA_OT_install_runtime, EMOCA_OT_check_device)

@@ -77,9 +77,11 @@ def file_status(kind: str, path: str) -> "runtime.FileStatus":
     return status
 
 
-_DEVICE_ITEMS = [('auto', "Auto", "CUDA when available, else the CPU"),
+_DEVICE_ITEMS = [('auto', "Auto", "CUDA when available, else the Apple GPU (MPS), else the CPU"),
                  ('cpu', "CPU", "Always the CPU"),
-                 ('cuda', "CUDA", "An NVIDIA GPU (the worker Python needs torch with CUDA)")]
+                 ('cuda', "CUDA", "An NVIDIA GPU (the worker Python needs torch with CUDA)"),
+                 ('mps', "Apple GPU (MPS)", "Apple silicon's GPU, where it gives the CPU's "
+                  "results (checked at the start of each capture), else the CPU")]
 
 
 def _status_row(layout, status, label: str = "") -> None:
@@ -128,6 +130,25 @@ class EMOCA_AddonPreferences(bpy.types.AddonPreferences):
         name="Include torch",
         description="Also install torch (about 1 GB; only the FLAME and EMOCA backends need it)",
         default=False)
+    runtime_torch_target: EnumProperty(
+        name="Run On", description="What the worker's torch runs the FLAME and EMOCA networks "
+        "on: the build of torch Install Runtime installs (macOS: always the macOS build, "
+        "the Apple GPU through MPS)",
+        items=[('cpu', "CPU", "The CPU-only build of torch (about 200 MB)"),
+               ('cuda', "NVIDIA GPU", "A CUDA build of torch from the PyTorch wheel index "
+                "(about 3 GB with its CUDA libraries); needs an NVIDIA driver")],
+        default='cpu')
+    runtime_cuda: EnumProperty(
+        name="CUDA", description="The CUDA version of the torch build (the NVIDIA driver "
+        "must support it; Check Device says when it does not)",
+        items=[(t, lbl, d) for t, lbl, d in runtime.CUDA_BUILDS],
+        default=runtime.CUDA_BUILDS[0][0])
+    runtime_torch_index: StringProperty(
+        name="PyTorch Index",
+        description="The PyTorch wheel index pip installs torch from (--index-url); the "
+                    "build's folder (cpu, cu126...) is added unless the URL ends in one. "
+                    "Change it for a mirror",
+        default=runtime.TORCH_INDEX)
     runtime_wheel_folder: StringProperty(
         name="Wheel Folder",
         description="Install from the wheels in this folder only (pip --no-index "
@@ -135,6 +156,7 @@ class EMOCA_AddonPreferences(bpy.types.AddonPreferences):
                     "(needs Online Access)",
         subtype='DIR_PATH', default="")
     runtime_status: StringProperty(name="Runtime Status", default="", options={'SKIP_SAVE'})
+    device_status: StringProperty(name="Device Status", default="", options={'SKIP_SAVE'})
 
     def draw(self, context):
         draw_preferences(self, self.layout, context)
@@ -153,6 +175,7 @@ def draw_preferences(prefs, layout, context) -> None:
     row.label(text=f"Using {path} ({source})" if ok else f"Not found: {path} ({source})",
               icon='CHECKMARK' if ok else 'ERROR')
     col.prop(prefs, "device")
+    draw_device_check(col, prefs)
     col.prop(prefs, "cache_folder")
     row = col.row()
     row.label(text=f"Cache: {cache_folder(context)}", icon='FILE_FOLDER')
@@ -161,6 +184,18 @@ def draw_preferences(prefs, layout, context) -> None:
     box.label(text="Install Runtime (a Python environment for the worker)", icon='PACKAGE')
     box.label(text=f"Into {runtime_venv()} (no admin rights needed)")
     box.prop(prefs, "runtime_with_torch")
+    if prefs.runtime_with_torch:
+        sub = box.column()
+        if runtime.is_macos():
+            sub.label(text="macOS: the Apple GPU (MPS) on Apple silicon, else the CPU",
+                      icon='INFO')
+        else:
+            sub.row().prop(prefs, "runtime_torch_target", expand=True)
+            if prefs.runtime_torch_target == 'cuda':
+                sub.prop(prefs, "runtime_cuda")
+            sub.prop(prefs, "runtime_torch_index")
+        sub.label(text="torch: " + runtime.torch_choice_text(
+            prefs.runtime_torch_target, prefs.runtime_cuda, prefs.runtime_torch_index))
     box.prop(prefs, "runtime_wheel_folder")
     if not prefs.runtime_wheel_folder and not bpy.app.online_access:
         box.label(text="Online Access is off (Preferences > System > Network): choose a "
@@ -181,6 +216,17 @@ def draw_preferences(prefs, layout, context) -> None:
         _status_row(box, file_status(kind, getattr(prefs, prop)))
 
 
+def draw_device_check(layout, prefs) -> None:
+    """The Check Device button and what the worker saw the last time (preferences and the
+    Capture panel)."""
+    row = layout.row()
+    row.operator("emoca.check_device", icon='MEMORY')
+    for i, line in enumerate((prefs.device_status or "").splitlines()[:8]):
+        row = layout.row()
+        row.alert = line.startswith(("warning", "Check Device failed"))
+        row.label(text=line, icon='BLANK1' if i else 'INFO')
+
+
 class _DefaultPrefs:
     """Preference values when the add-on runs without its preferences registered (scripts
     that call register() directly)."""
@@ -192,8 +238,12 @@ class _DefaultPrefs:
     emoca_checkpoint = ""
     deca_checkpoint = ""
     runtime_with_torch = False
+    runtime_torch_target = "cpu"
+    runtime_cuda = runtime.CUDA_BUILDS[0][0]
+    runtime_torch_index = runtime.TORCH_INDEX
     runtime_wheel_folder = ""
     runtime_status = ""
+    device_status = ""
 
 
 def get_prefs(context=None):

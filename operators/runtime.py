@@ -247,6 +247,23 @@ TORCH_ONLY = ("torch",)
 #: What the worker must import after the install (the MediaPipe backend).
 CHECK_IMPORTS = ("numpy", "cv2", "mediapipe", "scipy")
 
+#: The PyTorch wheel index (pip --index-url): CUDA builds of torch live in its ``cuXYZ``
+#: folders, the CPU-only build in ``cpu``. A preference the user can edit (a mirror).
+TORCH_INDEX = "https://download.pytorch.org/whl"
+#: The CUDA builds of the pinned torch (2.13: CUDA 12.6 legacy, 13.0 stable, 13.2
+#: experimental, per PyTorch's release matrix), as (tag, label, description); the first is
+#: the default: it runs on the most GPUs and drivers.
+CUDA_BUILDS = (
+    ("cu126", "CUDA 12.6", "Any NVIDIA GPU from Maxwell (GTX 900) on, driver 525 (Linux) / "
+                           "527 (Windows) or newer: the safe choice"),
+    ("cu130", "CUDA 13.0", "Turing (RTX 20 series) and newer, driver 580 or newer"),
+    ("cu132", "CUDA 13.2", "Turing and newer with a driver for CUDA 13.2 (PyTorch calls this "
+                           "build experimental)"),
+)
+#: Where the worker's torch runs: what Install Runtime asks (Run On).
+TORCH_TARGETS = ("cpu", "cuda")
+_INDEX_TAG = re.compile(r"/(cpu|cu\d{3}|rocm[\d.]+)/?$")
+
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -281,6 +298,43 @@ def worker_requirements(root: str | os.PathLike = EXTENSION_ROOT, with_torch: bo
     return reqs, nodeps
 
 
+def torch_pin(root: str | os.PathLike = EXTENSION_ROOT) -> str:
+    """torch's pin in ``requirements.txt`` (``torch==2.13.0``)."""
+    for r in read_requirements(Path(root) / "requirements.txt"):
+        if requirement_name(r) == "torch":
+            return r.split(";")[0].strip()
+    return "torch"
+
+
+def torch_index_url(index: str, tag: str) -> str:
+    """The index folder of one torch build: ``index/tag``, or ``index`` as it is when it
+    already names a build's folder (``.../whl/cu126``: the user pasted the full URL)."""
+    index = (index or TORCH_INDEX).strip()
+    if _INDEX_TAG.search(index):
+        return index.rstrip("/")
+    return index.rstrip("/") + "/" + tag
+
+
+def is_macos(system: str | None = None) -> bool:
+    import platform
+
+    return (system or platform.system()) == "Darwin"
+
+
+def torch_choice_text(target: str = "cpu", cuda: str = CUDA_BUILDS[0][0],
+                      index: str = TORCH_INDEX, system: str | None = None,
+                      root: str | os.PathLike = EXTENSION_ROOT) -> str:
+    """One line saying which torch Install Runtime installs (the preferences show it)."""
+    pin = torch_pin(root)
+    if is_macos(system):
+        return (f"{pin} from PyPI: the macOS build (the Apple GPU through MPS on Apple "
+                "silicon, else the CPU; no CUDA on a Mac)")
+    tag = cuda if target == "cuda" else "cpu"
+    what = dict((t, lbl) for t, lbl, _ in CUDA_BUILDS).get(tag, tag) if target == "cuda" \
+        else "CPU only"
+    return f"{pin}+{tag} ({what}) from {torch_index_url(index, tag)}"
+
+
 def venv_python_of(venv: str | os.PathLike) -> Path:
     venv = Path(venv)
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
@@ -313,7 +367,9 @@ def _shell_quote(s: str) -> str:
 
 def plan_install(venv: str | os.PathLike, base_python: str | os.PathLike | None = None, *,
                  root: str | os.PathLike = EXTENSION_ROOT, with_torch: bool = False,
-                 wheel_dir: str | os.PathLike | None = None, recreate: bool = False
+                 wheel_dir: str | os.PathLike | None = None, recreate: bool = False,
+                 torch_target: str = "cpu", cuda: str = CUDA_BUILDS[0][0],
+                 torch_index: str = TORCH_INDEX, system: str | None = None
                  ) -> InstallPlan:
     """The commands that create (or repair) the worker environment in ``venv``.
 
@@ -321,11 +377,27 @@ def plan_install(venv: str | os.PathLike, base_python: str | os.PathLike | None 
     Blender's) when its interpreter is missing, or re-created with ``--clear`` when
     ``recreate``; pip then installs the pins (already-satisfied ones are skipped, wrong
     versions replaced: that is the repair), and the worker's imports are checked.
+
+    torch (``with_torch``) is the pinned version built for where the worker runs
+    (``torch_target``): on Windows and Linux from the PyTorch wheel index ``torch_index``,
+    ``torch==2.13.0+cpu`` from its ``cpu`` folder or ``torch==2.13.0+cu126`` (``cuda``)
+    from ``cu126``, the official ``pip install torch --index-url .../whl/cu126``; the
+    build's local tag is pinned so that a repair swaps a CPU build for a CUDA one and back.
+    On macOS (``system``, default this machine's) the PyPI build (MPS on Apple silicon).
+    From a wheel folder: whatever torch 2.13.0 it holds for the CPU, the ``+cu126`` wheel
+    for the GPU.
     """
     venv = Path(venv)
     base = str(base_python or sys.executable)
     py = venv_python_of(venv)
-    reqs, nodeps = worker_requirements(root, with_torch)
+    if torch_target not in TORCH_TARGETS:
+        raise ValueError(f"torch_target must be one of {TORCH_TARGETS}, got {torch_target!r}")
+    mac = is_macos(system)
+    # torch in the same pip run as the other pins when it comes from the same place (PyPI on
+    # a Mac; a wheel folder, for the CPU); from the PyTorch index (or the folder's CUDA
+    # wheel) in a command of its own.
+    separate_torch = with_torch and not mac and (wheel_dir is None or torch_target == "cuda")
+    reqs, nodeps = worker_requirements(root, with_torch and not separate_torch)
     if not reqs:
         raise FileNotFoundError(f"no requirements.txt in {root}: cannot plan the install")
     plan = InstallPlan(venv=str(venv), python=str(py), base_python=base,
@@ -342,8 +414,32 @@ def plan_install(venv: str | os.PathLike, base_python: str | os.PathLike | None 
     plan.commands.append(pip + reqs)
     if nodeps:
         plan.commands.append(pip + ["--no-deps"] + nodeps)
-    plan.commands.append([str(py), "-c", "import " + ", ".join(CHECK_IMPORTS) +
-                          "; print('worker runtime OK')"])
+    pin = torch_pin(root)
+    if separate_torch:
+        tag = cuda if torch_target == "cuda" else "cpu"
+        if wheel_dir is None:
+            url = torch_index_url(torch_index, tag)
+            plan.commands.append(pip + [f"{pin}+{tag}", "--index-url", url])
+        else:
+            plan.commands.append(pip + [f"{pin}+{tag}"])
+            plan.notes.append(
+                f"the wheel folder must hold {pin}+{tag} and its nvidia-* wheels: on a "
+                f"machine online, pip download {pin}+{tag} --index-url "
+                f"{torch_index_url(torch_index, tag)} -d FOLDER")
+    check = list(CHECK_IMPORTS)
+    done = "print('worker runtime OK')"
+    if with_torch:
+        check.append("torch")
+        done = ("print('worker runtime OK: torch', torch.__version__, 'CUDA', "
+                "torch.version.cuda, 'GPU', torch.cuda.is_available())")
+        what = torch_choice_text(torch_target, cuda, torch_index, system, root)
+        if wheel_dir is not None:
+            what = (what.split(" from ")[0] if separate_torch else
+                    f"{pin} (the build the folder holds)") + f" from the wheel folder {wheel_dir}"
+        plan.notes.append("torch: " + what)
+        if mac and torch_target == "cuda":
+            plan.notes.append("macOS has no CUDA: the macOS build of torch is installed")
+    plan.commands.append([str(py), "-c", "import " + ", ".join(check) + "; " + done])
     if not with_torch:
         plan.notes.append("torch is not installed (only the FLAME/EMOCA backends need it)")
     return plan

@@ -103,6 +103,8 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
         sub = col.column()
         sub.active = props.backend != "mediapipe"  # MediaPipe runs on the CPU
         sub.prop(props, "device")
+        if job is None:   # what the worker's torch sees (Check Device; preferences too)
+            properties.draw_device_check(sub, properties.get_prefs(context))
         col.prop(props, "face_index")
         col.prop(props, "filter_strength")
         _model_status(col, context, props.backend)
@@ -209,6 +211,7 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.operator("emoca.save_capture_blend", icon='FILE_BLEND')
         layout.separator()
         layout.operator("emoca.install_runtime", icon='PACKAGE')
+        layout.operator("emoca.check_device", icon='MEMORY')
 
 
 def menu_object(self, context):

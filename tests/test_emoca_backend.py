@@ -230,12 +230,23 @@ def small_clip(tmp_path_factory, shared_media):
 def test_small_faces_and_cuda_request_warn_but_run(assets, small_clip, tmp_path):
     from emoca_blender.pipeline import run_capture
 
+    import io
+
+    from emoca_blender.progress import Progress
+
     out = tmp_path / "small.capture.npz"
+    lines = io.StringIO()
     with pytest.warns(RuntimeWarning) as rec:
-        run_capture(small_clip, out, settings(assets, device="cuda"), cache_dir=None)
+        run_capture(small_clip, out, settings(assets, device="cuda"),
+                    Progress("json", out=lines, err=io.StringIO()), cache_dir=None)
     msgs = " | ".join(str(w.message) for w in rec)
+    # the first progress line says where the networks run (what Check Device says)
+    first = json.loads(lines.getvalue().splitlines()[0])
+    assert first["stage"] == "message" and first["message"].startswith("device: ")
+    assert f"torch {torch.__version__}" in first["message"]
     if not torch.cuda.is_available():
         assert "CUDA was requested" in msgs
+        assert first["message"].startswith("device: CPU (no GPU: ")
     assert "small for EMOCA's 224x224 crop" in msgs and "upsampled" in msgs
     cap = capture_file.load_capture(out)
     e = cap.meta["backend"]["emoca"]

@@ -30,7 +30,8 @@ HAS_BPY = importlib.util.find_spec("bpy") is not None
 needs_bpy = pytest.mark.skipif(not HAS_BPY, reason="the bpy module is not installed")
 
 OPERATORS = ("capture", "cancel_capture", "build_rig", "add_sample_character", "retarget",
-             "export_fbx", "export_gltf", "save_capture_blend", "install_runtime")
+             "export_fbx", "export_gltf", "save_capture_blend", "install_runtime",
+             "check_device")
 PANELS = ("EMOCA_PT_capture", "EMOCA_PT_rig", "EMOCA_PT_retarget", "EMOCA_PT_export")
 HEAVY = ("torch", "mediapipe", "cv2")
 REGISTER_LIMIT_S = 0.2
@@ -563,6 +564,14 @@ def test_panels_draw_in_every_state_and_operators_poll(built_zip, tmp_path):
 
         type(prefs).draw(PrefsSelf(), bpy.context)
         out["prefs"] = log
+        # torch for an NVIDIA GPU: Run On, the CUDA version and the index, and what it installs
+        prefs.runtime_with_torch = True
+        prefs.runtime_torch_target = 'cuda'
+        log = []
+        PrefsSelf.layout = FakeLayout(log)
+        type(prefs).draw(PrefsSelf(), bpy.context)
+        out["prefs_gpu"] = log
+        prefs.runtime_with_torch = False
 
         # the menu (Object > EMOCA Face Capture) and the menu hooks
         sidebar = importlib.import_module(MOD + ".panels.sidebar")
@@ -622,7 +631,14 @@ def test_panels_draw_in_every_state_and_operators_poll(built_zip, tmp_path):
     # unset model paths say so, and what needs them
     assert sum(t.startswith("Not set (only the") for t in pref_labels) == 3, pref_labels
     assert any(t.startswith("Cache: ") and "emoca_blender" in t for t in pref_labels)
-    assert [x[1] for x in drawn if x[0] == "operator"] == ["emoca.install_runtime"] * 2
+    assert [x[1] for x in drawn if x[0] == "operator"] == \
+        ["emoca.check_device"] + ["emoca.install_runtime"] * 2
+    gpu = res["prefs_gpu"]
+    gpu_props = [x[1] for x in gpu if x[0] == "prop"]
+    assert gpu_props[3:7] == ["runtime_with_torch", "runtime_torch_target", "runtime_cuda",
+                              "runtime_torch_index"], gpu_props
+    assert "torch: torch==2.13.0+cu126 (CUDA 12.6) from https://download.pytorch.org/whl/cu126" \
+        in [x[1] for x in gpu if x[0] == "label"]
 
 
 FAKE_WORKER = r'''

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import emoca_crop
+from .. import device_info, emoca_crop
 from .. import emoca_net as N
 from ..errors import BadInput
 from . import Tracked
@@ -46,37 +46,76 @@ FLAME_ENV = "EMOCA_BLENDER_FLAME_DIR"
 LICENCE = ("EMOCA/DECA weights: non-commercial research licence (MPI-IS, user-supplied); "
            "FLAME: MPI-IS licence (user-supplied); MediaPipe FaceLandmarker: Apache-2.0")
 MIN_CROP_PX = emoca_crop.RESOLUTION     # a face square smaller than this is upsampled
-CPU_BATCH, CUDA_BATCH = 8, 64
+CPU_BATCH = device_info.CPU_BATCH      # GPU batches follow the GPU's memory (batch_for_memory)
 
 
 def resolve_device(requested: str = "auto") -> tuple[str, str | None]:
-    """(device, warning or None). 'auto' picks CUDA when torch sees a GPU; 'cuda' without
-    one falls back to the CPU with a warning (never an error: the capture still runs)."""
+    """(device, warning or None): :func:`..device_info.choose_device` with this torch. 'auto'
+    picks CUDA when torch sees a GPU, else Apple's MPS, else the CPU; 'cuda' (or 'mps')
+    without one falls back to the CPU with a warning saying why (never an error)."""
     import torch
 
-    req = (requested or "auto").lower()
-    if req not in ("auto", "cpu", "cuda") and not req.startswith("cuda:"):
-        raise BadInput(f"device must be auto, cpu or cuda, got {requested!r}")
-    has = torch.cuda.is_available()
-    if req == "auto":
-        return ("cuda" if has else "cpu"), None
-    if req.startswith("cuda") and not has:
-        why = ("this torch is a CPU build" if torch.version.cuda is None
-               else "torch sees no CUDA GPU (driver missing or CUDA_VISIBLE_DEVICES empty)")
-        return "cpu", (f"CUDA was requested but {why}: running EMOCA on the CPU "
-                       "(about 1-3 frames/s instead of hundreds)")
-    return req, None
+    return device_info.choose_device(torch, requested)
 
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
-    """'fp16' (CUDA autocast), 'bf16' (autocast), or 'fp32'. Auto: fp16 on CUDA, fp32 on CPU
-    (CPU half-precision autocast is slower than float32 on most CPUs)."""
-    p = (precision or "auto").lower()
-    if p == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    if p not in ("fp16", "bf16", "fp32"):
-        raise BadInput(f"precision must be auto, fp16, bf16 or fp32, got {precision!r}")
-    return p
+    """'fp16' (CUDA autocast), 'bf16' (autocast), or 'fp32'. Auto: fp16 on CUDA, fp32 on the
+    CPU (half-precision autocast is slower there) and on MPS."""
+    return device_info.precision_for(device, precision)
+
+
+#: MPS is used for the EMOCA networks only where it gives the CPU's results: every code of
+#: a fixed sample batch (and the detail decoder's map) within this of the CPU's, relative to
+#: max(1, the code's largest magnitude). float32 on both; MPS and CPU kernels differ in
+#: summation order only (~1e-5 on these networks).
+MPS_TOLERANCE = 1e-3
+_VERIFIED: dict = {}
+
+
+def verify_device(net, device: str, make_runner=None, sample: np.ndarray | None = None
+                  ) -> str | None:
+    """None when ``device`` runs ``net`` (encoders, and the detail decoder when there is
+    one) with the CPU's results on a fixed sample batch within :data:`MPS_TOLERANCE`; else
+    why not, one line (an operation missing on the device, or results that differ).
+    Remembered per (net, device) for this process. ``make_runner(device)`` -> an object with
+    ``encode``/``decode_detail`` (default :class:`Runner`, float32; tests pass fakes)."""
+    key = (id(net), device)
+    if make_runner is None and key in _VERIFIED:
+        return _VERIFIED[key]
+    make = make_runner or (lambda d: Runner(net, d, "fp32", channels_last=False))
+    x = sample if sample is not None else \
+        np.random.default_rng(0).uniform(0, 1, (2, 3, emoca_crop.RESOLUTION,
+                                                emoca_crop.RESOLUTION)).astype(np.float32)
+    name = device.split(":")[0].upper()
+
+    def run(d):
+        r = make(d)
+        out = dict(r.encode(x))
+        if "detail" in out and hasattr(r, "decode_detail"):
+            out["uv"] = r.decode_detail(out["pose"][:, 3:], out["exp"], out["detail"])
+        return out
+
+    ref = run("cpu")
+    try:
+        got = run(device)
+    except (NotImplementedError, RuntimeError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = f"an operation EMOCA needs is missing on {name} ({first})"
+    else:
+        worst, where = 0.0, ""
+        for k, a in ref.items():
+            b = np.asarray(got.get(k, np.full_like(a, np.nan)), np.float64)
+            err = float(np.nanmax(np.abs(b - a))) if np.isfinite(b).all() else float("inf")
+            err /= max(1.0, float(np.abs(a).max()))
+            if err > worst:
+                worst, where = err, k
+        why = None if worst <= MPS_TOLERANCE else \
+            (f"{name} results differ from the CPU's (relative {worst:.2g} on {where}, "
+             f"tolerance {MPS_TOLERANCE:g})")
+    if make_runner is None:
+        make("cpu")                                       # the net back where it started
+        _VERIFIED[key] = why
+    return why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +234,19 @@ class EmocaBackend:
             raise BadInput("the emoca backend outputs FLAME parameters and needs your FLAME "
                            f"download: pass --flame-dir (or set {FLAME_ENV}) to the folder "
                            "holding generic_model.pkl and mediapipe_landmark_embedding.npz")
-        self.device, self.device_warning = resolve_device(device)
+        import torch
+
+        # What this torch sees (the `device` command's report): device, why no GPU, batch
+        # size for the GPU's memory; its summary is the capture's first progress line.
+        self.device_report = device_info.probe(torch, device)
+        self.device, self.device_warning = (self.device_report["device"],
+                                            self.device_report["warning"])
         if self.device_warning:
             warnings.warn(self.device_warning, RuntimeWarning, stacklevel=2)
         self.precision = resolve_precision(self.device, precision)
-        self.batch_size = int(batch_size) or (CUDA_BATCH if self.device.startswith("cuda")
-                                              else CPU_BATCH)
+        self._batch_asked = int(batch_size)
+        self.batch_size = self._batch_asked or int(self.device_report["batch_size"])
+        self._update_report()
         self.queue_size = max(1, int(workers_queue))
         self.ck = load_checkpoint_cached(self.checkpoint_path)
         try:
@@ -212,6 +258,31 @@ class EmocaBackend:
             raise BadInput(f"the FLAME model has {m.n_shape} identity / {m.n_expr} expression "
                            f"components; EMOCA needs at least {N.N_SHAPE} / {N.N_EXP}")
         self.head_model = m.model_id()
+
+    def _update_report(self) -> None:
+        r = self.device_report
+        r.update(device=self.device, warning=self.device_warning, precision=self.precision,
+                 batch_size=self.batch_size)
+        device_info.finish(r)
+
+    @property
+    def device_line(self) -> str:
+        """One line saying where the networks run (the pipeline's first progress line)."""
+        return self.device_report["summary"]
+
+    def _check_mps(self, progress=None) -> None:
+        """On MPS, keep it only where it gives the CPU's results (:func:`verify_device`);
+        else the CPU, with a warning saying which operation is missing or what differs."""
+        if self.device != "mps":
+            return
+        why = verify_device(self.ck.net, "mps")
+        if why is None:
+            return
+        self.device = "cpu"
+        self.device_warning = f"MPS (the Apple GPU): {why}: running EMOCA on the CPU"
+        warnings.warn(self.device_warning, RuntimeWarning, stacklevel=3)
+        self.batch_size = self._batch_asked or CPU_BATCH
+        self._update_report()
 
     def model_files(self) -> dict[str, str]:
         from ..mediapipe_topology import task_path
@@ -225,6 +296,7 @@ class EmocaBackend:
         from ..errors import Cancelled
         from .mediapipe_backend import MediaPipeBackend
 
+        self._check_mps(progress)
         if progress is not None and self.device_warning:
             progress.message(f"warning: {self.device_warning}")
         runner = Runner(self.ck.net, self.device, self.precision)
@@ -391,6 +463,8 @@ class EmocaBackend:
             return displacement.sequence_dir(path)
         ck = load_checkpoint_cached(_checkpoint_path(getattr(settings, "emoca_checkpoint", None)))
         device, _ = resolve_device(getattr(settings, "device", "auto"))
+        if device == "mps" and verify_device(ck.net, "mps") is not None:
+            device = "cpu"                     # said when the capture ran (_check_mps)
         runner = Runner(ck.net, device, "fp32", channels_last=False)
         if ck.face_eye_mask is None:
             import warnings
