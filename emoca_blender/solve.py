@@ -15,8 +15,10 @@ import numpy as np
 from .arkit import INDEX
 
 # Jaw rotation (radians, about +X = opening) at jawOpen = 1, and sideways at jawLeft/Right = 1.
-# The open head model's jawOpen shape is built to match JAW_OPEN_RADIANS.
-JAW_OPEN_RADIANS = 0.20944  # 12 degrees: the open head model's jawOpen (extra_jaw_open_rotvec)
+# jawOpen = 1 is the bundled ICT head's sculpted jawOpen: its lower teeth turn 25.3 degrees
+# (extra_jaw_open_rotvec, fitted by tools/build_ict_head.py), so a character's jaw bone opens
+# as far as the rig's sculpted jaw (a scream is not a slit).
+JAW_OPEN_RADIANS = 0.44219
 JAW_SIDE_RADIANS = 0.12
 # Eye rotation at eyeLook* = 1 (radians): horizontal and vertical.
 EYE_YAW_RADIANS = 0.55

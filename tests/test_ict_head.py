@@ -86,6 +86,17 @@ def test_ict_head_mouth_and_lids_at_rest_and_open(ict):
         assert gap(shut, u, lo) / gap(lm, u, lo) < solve.LIDS_TOUCH
 
 
+def test_capture_jaw_angle_matches_the_heads_jaw_open(ict):
+    """The capture's jaw rotation at jawOpen = 1 is the rotation of the ICT head's lower
+    teeth in its sculpted jawOpen (fitted by the build), so a character's jaw bone opens as
+    far as the rig's sculpted jaw."""
+    rot = np.asarray(ict.extra["jaw_open_rotvec"], np.float64)
+    assert abs(rot[0] - solve.JAW_OPEN_RADIANS) < 1e-4 and np.abs(rot[1:]).max() < 1e-6
+    a = np.zeros((1, 52))
+    a[0, INDEX["jawOpen"]] = 1.0
+    assert solve.jaw_from_arkit(a)[0, 0] == pytest.approx(rot[0], abs=1e-4)
+
+
 def test_landmarks_lie_on_their_parts(ict):
     """Every landmark sits on the face skin, irises on the eyeballs, within the face's
     front (no landmark cast through a seam to the back of the head), left/right mirrored."""
