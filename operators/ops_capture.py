@@ -21,7 +21,7 @@ from pathlib import Path
 
 import bpy
 
-from . import properties, worker
+from . import properties, runtime, worker
 
 TIMER_INTERVAL = 0.1  # seconds between polls of the worker
 
@@ -80,7 +80,37 @@ def capture_problem(context) -> str | None:
     folder = os.path.dirname(out)
     if folder and not os.path.isdir(folder):
         return f"Output folder does not exist: {folder}"
-    return worker_problem(context)
+    return capture_models(context)[1] or worker_problem(context)
+
+
+def model_statuses(context, backend: worker.Backend) -> dict[str, "runtime.FileStatus"]:
+    """The preferences' status of each model file the backend needs (``backend.needs``):
+    cheap (existence, size, magic bytes; cached). The EMOCA checkpoint, when not set, falls
+    back to the DECA checkpoint (the emoca backend reads DECA's deca_model.tar too)."""
+    prefs = properties.get_prefs(context)
+    out = {}
+    for kind in backend.needs:
+        if kind == "flame":
+            out[kind] = properties.file_status("flame", prefs.flame_folder)
+        elif kind == "emoca":
+            st = properties.file_status("emoca", prefs.emoca_checkpoint)
+            if st.state == runtime.UNSET and prefs.deca_checkpoint:
+                st = properties.file_status("deca", prefs.deca_checkpoint)
+            out[kind] = st
+    return out
+
+
+def capture_models(context) -> tuple[dict[str, str], str | None]:
+    """``(model arguments for worker.capture_command, None)`` for the scene's backend, or
+    ``({}, why it cannot run)`` naming the missing or wrong preference."""
+    props = context.scene.emoca
+    backend = worker.find_backend(props.backend)
+    if backend is None:
+        return {}, f"Unknown backend {props.backend!r}"
+    if not backend.needs:
+        return {}, None
+    return runtime.capture_model_args(backend.label, backend.needs,
+                                      model_statuses(context, backend))
 
 
 def worker_problem(context) -> str | None:
@@ -389,10 +419,11 @@ class EMOCA_OT_capture(WorkerJobOperator, bpy.types.Operator):
         video = properties.abspath(props.video_path)
         out = output_path(props)
         python, _source = properties.worker_python(context)
+        models, _problem = capture_models(context)   # _start checked the problem
         cmd = worker.capture_command(
             python, video, out, backend=props.backend, device=properties.device(context),
             face_index=props.face_index, filter_strength=props.filter_strength,
-            cache_dir=properties.cache_folder(context))
+            cache_dir=properties.cache_folder(context), **models)
         return cmd, out, f"Capturing {os.path.basename(video)}"
 
     def _done(self, context, job) -> str:

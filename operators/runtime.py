@@ -237,6 +237,40 @@ def check_checkpoint(path: str, kind: str = "emoca") -> FileStatus:
     return FileStatus(OK, f"{p.name} ({_size_text(p.stat().st_size)}, {fmt})", str(p))
 
 
+#: How a message names each model-file preference (the kinds of ``worker.Backend.needs``).
+MODEL_PREFS = {"flame": "the FLAME folder", "emoca": "the EMOCA checkpoint"}
+#: What the FLAME backends read beside the FLAME model besides the model itself.
+FLAME_CAPTURE_FILES = ("mediapipe_landmark_embedding.npz",)
+
+
+def capture_model_args(label: str, needs: tuple[str, ...], statuses: dict[str, FileStatus]
+                       ) -> tuple[dict[str, str], str | None]:
+    """The model arguments of a capture with a backend (``label``) that needs ``needs``
+    (``flame``, ``emoca``), from the preferences' statuses: ``({"flame_dir": ...,
+    "emoca_checkpoint": ...}, None)``, or ``({}, problem)`` with one sentence saying what is
+    missing or wrong and where to fix it. ``flame_dir`` is the folder of the FLAME model file
+    found (the preference or the folder below it); ``emoca_checkpoint`` the file found."""
+    unset = [k for k in needs if statuses[k].state == UNSET]
+    if unset:
+        return {}, (f"{label} needs " + " and ".join(MODEL_PREFS[k] for k in unset)
+                    + " in the add-on preferences")
+    for k in needs:
+        st = statuses[k]
+        if not st.ok:
+            return {}, f"{label}: {MODEL_PREFS[k]} (add-on preferences): {st.text}"
+    args: dict[str, str] = {}
+    if "flame" in needs:
+        model = Path(statuses["flame"].path)
+        lacking = [n for n in FLAME_CAPTURE_FILES if not (model.parent / n).is_file()]
+        if lacking:
+            return {}, (f"{label}: the FLAME folder has no {', '.join(lacking)} beside "
+                        f"{model.name}: put it there (add-on preferences: FLAME Folder)")
+        args["flame_dir"] = str(model.parent)
+    if "emoca" in needs:
+        args["emoca_checkpoint"] = statuses["emoca"].path
+    return args, None
+
+
 # --------------------------------------------------------------------------------------
 # The worker environment
 

@@ -122,14 +122,34 @@ class Backend:
     label: str
     description: str
     licence: str
+    #: The model files (add-on preferences) it needs, in the order a message names them:
+    #: ``"emoca"`` (--emoca-checkpoint), ``"flame"`` (--flame-dir).
+    needs: tuple[str, ...] = ()
 
 
-#: The capture backends the UI offers, in menu order (see DESIGN.md section 5 and 8).
+#: The capture backends the UI offers, in menu order (README "Backends"; DESIGN.md 5 and 8).
 BACKENDS: tuple[Backend, ...] = (
     Backend("mediapipe", "MediaPipe",
-            "MediaPipe FaceLandmarker: bundled, real time on the CPU",
+            "MediaPipe FaceLandmarker: bundled, nothing to download, real time on the CPU; "
+            "ARKit curves, head pose, jaw, gaze, blinks",
             "Apache-2.0 (MediaPipe models)"),
+    Backend("flame-fit", "FLAME Fit",
+            "FLAME fitted to MediaPipe's landmarks (torch): needs the FLAME folder "
+            "(generic_model.pkl and mediapipe_landmark_embedding.npz) in the add-on "
+            "preferences; FLAME identity, expression, jaw, pose, eyes + ARKit curves",
+            "FLAME: MPI-IS licence, user-supplied", needs=("flame",)),
+    Backend("emoca", "EMOCA",
+            "EMOCA networks, on the GPU when there is one (torch): needs the EMOCA checkpoint "
+            "(or DECA's deca_model.tar) and the FLAME folder in the add-on preferences; FLAME "
+            "expression, jaw, pose, detail displacement maps + ARKit curves",
+            "EMOCA: non-commercial research licence, user-supplied; FLAME: MPI-IS licence",
+            needs=("emoca", "flame")),
 )
+
+
+def find_backend(backend_id: str) -> Backend | None:
+    """The UI's description of a backend, or None."""
+    return next((b for b in BACKENDS if b.id == backend_id), None)
 
 
 def core_command(python: str, command: str, *args: str) -> list[str]:
@@ -144,15 +164,25 @@ def core_command(python: str, command: str, *args: str) -> list[str]:
 def capture_command(python: str, video: str | os.PathLike, output: str | os.PathLike, *,
                     backend: str = "mediapipe", device: str = "auto", face_index: int = 0,
                     filter_strength: float = 0.5, cache_dir: str | os.PathLike | None = None,
+                    flame_dir: str | os.PathLike | None = None,
+                    emoca_checkpoint: str | os.PathLike | None = None,
                     extra: Sequence[str] = ()) -> list[str]:
     """The worker's command line (the core's CLI, ``emoca_blender/cli.py``)::
 
         python -u -m emoca_blender capture VIDEO -o OUT --backend B --progress json
                --device D --face-index I --filter S [--cache-dir DIR]
+               [--flame-dir DIR] [--emoca-checkpoint FILE]
+
+    ``--flame-dir`` and ``--emoca-checkpoint`` are passed when given (the backends that need
+    them: ``Backend.needs``).
     """
     cmd = core_command(python, "capture", str(video), "-o", str(output), "--backend", backend,
                        "--device", device or "auto", "--face-index", str(int(face_index)),
                        "--filter", f"{min(max(float(filter_strength), 0.0), 1.0):g}")
+    if flame_dir:
+        cmd += ["--flame-dir", str(flame_dir)]
+    if emoca_checkpoint:
+        cmd += ["--emoca-checkpoint", str(emoca_checkpoint)]
     if cache_dir:
         cmd += ["--cache-dir", str(cache_dir)]
     cmd += list(extra)
@@ -620,8 +650,8 @@ class WorkerJob:
 
 
 __all__ = ["WorkerJob", "WorkerError", "PREFERENCE_HINT", "Progress", "Backend", "BACKENDS",
-           "core_command", "capture_command", "refine_command", "emotion_train_command",
-           "emotion_predict_command",
+           "find_backend", "core_command", "capture_command", "refine_command",
+           "emotion_train_command", "emotion_predict_command",
            "resolve_worker_python", "venv_python", "default_output_for", "log_path_for",
            "sidecar_for", "parse_progress_line", "error_line", "format_seconds",
            "EXTENSION_ROOT", "IDLE", "RUNNING", "DONE", "FAILED", "CANCELLED"]

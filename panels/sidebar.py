@@ -10,10 +10,10 @@ import bpy
 
 try:
     from ..operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                             properties, worker)
+                             properties, runtime, worker)
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
     from operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                           properties, worker)
+                           properties, runtime, worker)
 
 
 def _reason(layout, problem) -> None:
@@ -34,29 +34,26 @@ def _button(layout, idname: str, problem, icon: str = 'NONE', text: str | None =
     _reason(layout, problem)
 
 
-#: Model-file preferences each backend needs (kind for properties.file_status, preference).
-BACKEND_MODELS = {
-    "mediapipe": (),
-    "flame-fit": (("flame", "flame_folder"),),
-    "emoca": (("flame", "flame_folder"), ("emoca", "emoca_checkpoint")),
-}
-
-
-def _model_status(layout, context, backend: str) -> None:
-    """One line per model file the backend needs: found, or what is wrong (preferences)."""
-    needs = BACKEND_MODELS.get(backend, ())
-    if not needs:
+def _model_status(layout, context, backend_id: str) -> None:
+    """One line per model file the backend needs (its ``needs``): found, or what is wrong
+    (preferences)."""
+    backend = worker.find_backend(backend_id)
+    if backend is None or not backend.needs:
         row = layout.row()
         row.alignment = 'RIGHT'
         row.label(text="Model: bundled, nothing to download", icon='CHECKMARK')
         return
-    prefs = properties.get_prefs(context)
-    for kind, prop in needs:
-        st = properties.file_status(kind, getattr(prefs, prop, ""))
+    for kind, st in ops_capture.model_statuses(context, backend).items():
         row = layout.row()
         row.alert = not st.ok
-        row.label(text=st.text if st.ok else f"{st.text} (set it in the preferences)",
-                  icon=st.icon)
+        name = runtime.MODEL_PREFS[kind]
+        if st.ok:
+            text = st.text
+        elif st.state == runtime.UNSET:
+            text = f"{name[0].upper()}{name[1:]}: not set (add-on preferences)"
+        else:
+            text = f"{st.text} (fix it in the preferences)"
+        row.label(text=text, icon=st.icon)
 
 
 class _EmocaPanel:
@@ -95,7 +92,7 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
             sub.label(text=os.path.basename(out), icon='FILE')
         col.separator()
         col.prop(props, "backend")
-        backend = next((b for b in worker.BACKENDS if b.id == props.backend), None)
+        backend = worker.find_backend(props.backend)
         if backend is not None:
             sub = col.row()
             sub.alignment = 'RIGHT'
@@ -137,6 +134,9 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
             elif source == "this Python" and props.backend == "mediapipe":
                 layout.label(text="Worker: Blender's Python (Install Runtime in preferences)",
                              icon='PREFERENCES')
+            elif source == "this Python":
+                layout.label(text="Worker: Blender's Python; this backend needs torch: "
+                                  "Install Runtime with Include torch", icon='PREFERENCES')
 
 
 class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
