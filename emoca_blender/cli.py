@@ -151,10 +151,38 @@ def cmd_retarget(args, progress) -> int:
     _check_character(args.character, "retarget")
     scene = _blender_side("cli_scene")
     scene.new_scene()
-    summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start)
+    summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start,
+                             **_key_options(args))
     scene.save_blend(out)
     print(f"wrote {out} ({scene.summary_line(summary)})")
     return EXIT_OK
+
+
+def _key_options(args) -> dict:
+    """bake_capture's tolerances from --key-tolerance / --angle-tolerance / --dense."""
+    if getattr(args, "dense", False):
+        return {"tolerance": None, "angle_tolerance_deg": None}
+    return {"tolerance": args.key_tolerance, "angle_tolerance_deg": args.angle_tolerance}
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0 (use --dense for every frame)")
+    return v
+
+
+def _add_key_options(p) -> None:
+    p.add_argument("--key-tolerance", type=_positive, default=0.01,
+                   help="keep only the keys each shape-key curve needs to stay within this "
+                        "weight of the dense bake at every frame (default 0.01)")
+    p.add_argument("--angle-tolerance", type=_positive, default=0.2,
+                   help="the same for bone rotations, in degrees (default 0.2)")
+    p.add_argument("--dense", action="store_true",
+                   help="one key per frame on every curve (no key reduction)")
 
 
 #: what ``export`` writes, chosen by the output's name
@@ -234,7 +262,7 @@ def cmd_run(args, progress) -> int:
     report = scene.run_job(res.capture, out_dir, name, character=args.character,
                            frame_start=args.frame_start,
                            flame_dir=getattr(args, "flame_dir", "") or None,
-                           capture_path=res.path)
+                           capture_path=res.path, **_key_options(args))
     report["capture"] = str(res.path)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     progress.done(**report)
@@ -243,7 +271,9 @@ def cmd_run(args, progress) -> int:
             if k in report:
                 print(f"wrote {report[k]}")
         print(f"{report.get('frames')} frames, face in {report.get('valid')}, "
-              f"{report.get('mapped')} shape-key channels mapped, {report['seconds']} s")
+              f"{report.get('mapped')} shape-key channels mapped, "
+              f"{report.get('keys')} keys (dense {report.get('keys_dense')}), "
+              f"{report['seconds']} s")
     return EXIT_OK
 
 
@@ -360,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--character", default="sample",
                    help="'sample' (bundled character) or a .blend/.fbx holding the character")
     p.add_argument("--frame-start", type=int, default=1)
+    _add_key_options(p)
     p.set_defaults(func=cmd_retarget)
 
     p = sub.add_parser("export",
@@ -390,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'sample' (bundled character) or a .blend/.fbx holding the character")
     p.add_argument("--frame-start", type=int, default=1)
     _add_capture_options(p)
+    _add_key_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("detail", help="dense detail mesh of one frame (.obj, emoca backend)",

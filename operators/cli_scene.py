@@ -143,13 +143,17 @@ def load_character(character: str = "sample", offset: float = 0.0) -> list:
     return new
 
 
-def retarget(capture, character: str = "sample", frame_start: int = 1, offset: float = 0.0) -> dict:
+def retarget(capture, character: str = "sample", frame_start: int = 1, offset: float = 0.0,
+             **keys) -> dict:
+    """Bake onto the character; ``keys``: bake_capture's ``tolerance`` and
+    ``angle_tolerance_deg`` (reduced at 0.01 / 0.2 degrees by default; None: dense)."""
     objs = load_character(character, offset)
     meshes, arm = retarget_bake.find_targets(objs)
     if not meshes and arm is None:
         raise _bad_input("the character has no mesh with shape keys and no armature: "
                          "nothing to retarget onto")
-    summary = retarget_bake.bake_capture(capture, meshes, armature=arm, frame_start=frame_start)
+    summary = retarget_bake.bake_capture(capture, meshes, armature=arm, frame_start=frame_start,
+                                         **keys)
     summary["objects"] = [o.name for o in objs]
     return summary
 
@@ -157,7 +161,7 @@ def retarget(capture, character: str = "sample", frame_start: int = 1, offset: f
 def summary_line(summary: dict) -> str:
     return (f"{mapped_channels(summary)} ARKit channels onto shape keys, bones "
             f"{', '.join(f'{k}={v}' for k, v in summary.get('bones', {}).items()) or 'none'}, "
-            f"{summary.get('keys', 0)} keys")
+            f"{summary.get('keys', 0)} keys (dense {summary.get('keys_dense', 0)})")
 
 
 def save_blend(path) -> Path:
@@ -199,14 +203,14 @@ def export_blend(blend: Path, out: Path, objects=None, preset: str = "generic",
 
 
 def run_job(capture, out_dir: Path, name: str, character: str = "sample",
-            frame_start: int = 1, flame_dir=None, capture_path=None) -> dict:
+            frame_start: int = 1, flame_dir=None, capture_path=None, **keys) -> dict:
     """The demo scene: actor rig on the left, retargeted character on the right; writes
     NAME.blend (both) and NAME.fbx (the character with its animation)."""
     out_dir = Path(out_dir)
     new_scene()
     actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING,
                                         flame_dir=flame_dir, capture_path=capture_path)
-    summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING)
+    summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING, **keys)
     scene = bpy.context.scene
     char_objs = [bpy.data.objects[n] for n in summary["objects"]]
     fbx = fbx_io.export_fbx(out_dir / f"{name}.fbx", char_objs,
@@ -216,6 +220,7 @@ def run_job(capture, out_dir: Path, name: str, character: str = "sample",
         "blend": str(blend), "fbx": str(fbx), "frames": capture.n_frames,
         "valid": int(capture["valid"].sum()), "mapped": mapped_channels(summary),
         "bones": summary.get("bones", {}), "actor": actor_mesh.name,
+        "keys": summary.get("keys", 0), "keys_dense": summary.get("keys_dense", 0),
     }
 
 

@@ -230,6 +230,95 @@ def _drop_key(fc, frame: float) -> None:
 
 FBX_KTIME = 46186158000          # FBX time units per second
 
+TOLERANCE_PROP = "emoca_key_tolerance"   # set by retarget_bake on reduced bakes (0: dense)
+
+
+def _ids_of(objs):
+    for o in objs:
+        yield o
+        if o.type == "MESH" and o.data.shape_keys is not None:
+            yield o.data.shape_keys
+
+
+def baked_reduced(objs) -> bool:
+    """Whether any action of ``objs`` was baked with key reduction (:data:`TOLERANCE_PROP`)."""
+    for idb in _ids_of(objs):
+        ad = getattr(idb, "animation_data", None)
+        if ad is not None and ad.action is not None and \
+                float(ad.action.get(TOLERANCE_PROP, 0.0) or 0.0) > 0:
+            return True
+    return False
+
+
+def _rotation_key_frames(objs, key_of) -> dict:
+    """{exporter key of a bone: scene frames of its rotation keys} for the armatures among
+    ``objs``, plus ``None``: the union of them all."""
+    out: dict = {}
+    union = set()
+    for o in objs:
+        if o.type != "ARMATURE":
+            continue
+        for bag in blender_anim.channelbags_of(o):
+            for fc in bag.fcurves:
+                m = _BONE_RE.match(fc.data_path)
+                if not m or "rotation" not in m.group(2):
+                    continue
+                n = len(fc.keyframe_points)
+                co = np.empty(2 * n, np.float32)
+                fc.keyframe_points.foreach_get("co", co)
+                fr = set(np.round(co[0::2]).astype(int).tolist())
+                bone = o.data.bones.get(_unescape(m.group(1)))
+                if bone is not None:
+                    out.setdefault(key_of((o, bone)), set()).update(fr)
+                union.update(fr)
+    out = {k: np.array(sorted(v), int) for k, v in out.items()}
+    out[None] = np.array(sorted(union), int)
+    return out
+
+
+@contextlib.contextmanager
+def _keys_as_baked(frame_start: int, objs):
+    """For the duration, the FBX exporter writes the keys that were baked instead of one per
+    frame: its ``AnimationCurveNodeWrapper.simplify`` (run when ``bake_anim_simplify_factor``
+    is not 0) keeps, on each sampled channel, the frames the LINEAR curve through its samples
+    needs within 1e-6 of its range (``keyreduce.reduce_keys``: on a reduced shape-key curve
+    those are its keys), on a bone's rotation channels that bone's rotation key frames (the
+    exporter samples Euler angles, which are not linear between the baked quaternion keys;
+    the importer turns the Euler keys back into the same quaternions), and first and last
+    frames always."""
+    import importlib
+    keyreduce = importlib.import_module(capture_file.__name__.rsplit(".", 1)[0] + ".keyreduce")
+    fbx_utils = importlib.import_module("io_scene_fbx.fbx_utils")
+    cls = fbx_utils.AnimationCurveNodeWrapper
+    orig = cls.simplify
+    rot_frames = _rotation_key_frames(objs, fbx_utils.get_blenderID_key)
+
+    def simplify(self, fac, step, force_keep=False):
+        if self._frame_times_array is None:
+            return
+        vals = self._frame_values_array
+        mask = self._frame_write_mask_array
+        mask[:] = False
+        n = mask.shape[1]
+        is_rot = self.fbx_gname[0] == "R"
+        rot_idx = rot_frames.get(self.elem_keys[0], rot_frames[None]) - int(frame_start)
+        for c in range(mask.shape[0]):
+            v = np.asarray(vals[c], np.float64)
+            mask[c, 0] = mask[c, -1] = True
+            scale = max(1.0, float(np.abs(v).max())) if n else 1.0
+            if n <= 2 or float(np.ptp(v)) <= 1e-6 * scale:
+                continue
+            if is_rot:
+                mask[c, rot_idx[(rot_idx >= 0) & (rot_idx < n)]] = True
+            else:
+                mask[c, keyreduce.reduce_keys(v, 1e-6 * scale)] = True
+
+    cls.simplify = simplify
+    try:
+        yield
+    finally:
+        cls.simplify = orig
+
 
 def _set_time_span(path, start_s: float, stop_s: float) -> None:
     """Write the take's span into the file's global TimeSpanStart/Stop (bpy 5.0.1's exporter
@@ -269,6 +358,8 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
     with the engine presets the conversion (and Unreal's centimetres) is in the geometry and
     the bones, the roots at rotation 0 and scale 1 (:func:`_armatures_in_file_space`).
     Times: frame / the clip's rate (:func:`clip_rate`), whatever the scene's rate.
+    Keys: as baked: a dense bake one key per frame, a reduced one (``retarget_bake`` with a
+    tolerance) only its keys (:func:`_keys_as_baked`).
 
     Args:
         path: the .fbx file to write.
@@ -294,11 +385,13 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
         raise FbxExportError(f"unknown FBX preset {preset!r}: one of {', '.join(PRESETS)}")
     objs = objects_to_export(objects, face_only, FbxExportError)
     scene = bpy.context.scene
+    reduced = baked_reduced(objs)
+    as_baked = _keys_as_baked(frame_start, objs) if reduced else contextlib.nullcontext()
     with exporting(objs, frame_start, frame_end, engine_ready=preset != "plain",
                    take_name=take_name, unreal=preset == "unreal",
                    file_space=None if preset == "plain" else _global_matrix(
                        scene, PRESETS[preset], global_scale)):
-        with capture_file.written_beside(path, suffix=".fbx.part") as tmp:
+        with as_baked, capture_file.written_beside(path, suffix=".fbx.part") as tmp:
             res = bpy.ops.export_scene.fbx(
                 filepath=tmp, check_existing=False, use_selection=True,
                 object_types={"ARMATURE", "MESH", "EMPTY"},
@@ -310,7 +403,8 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                 bake_anim=True, bake_anim_use_all_bones=True,
                 bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False,
                 bake_anim_force_startend_keying=True, bake_anim_step=1.0,
-                bake_anim_simplify_factor=0.0, path_mode="AUTO", embed_textures=False)
+                bake_anim_simplify_factor=1.0 if reduced else 0.0, path_mode="AUTO",
+                embed_textures=False)
             if "FINISHED" not in res:
                 raise FbxExportError(f"the FBX exporter returned {res}")
             if preset != "plain":

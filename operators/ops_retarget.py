@@ -257,7 +257,11 @@ def summary_line(summary, n_channels: int) -> str:
     frames = summary.get("frames")
     if frames:
         parts.append(f"frames {frames[0]}-{frames[1]}")
-    parts.append(f"{summary.get('keys', 0)} keys")
+    keys, dense = summary.get("keys", 0), summary.get("keys_dense", 0)
+    if dense and keys < dense:
+        parts.append(f"{keys} keys (dense {dense}, {dense / max(keys, 1):.1f}x fewer)")
+    else:
+        parts.append(f"{keys} keys")
     return "Retargeted: " + ", ".join(parts)
 
 
@@ -419,7 +423,8 @@ def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict
         frame_start=props.frame_start + offset + first, action_name=f"EMOCA_{stem}",
         calibration=calibration or None, neutral_frame=nf if curves is None else None,
         bone_settings=bone_st or None, frame_range=frame_range, curves=curves,
-        tables=_tables(rs), eye_drive=rs.eye_drive if rs is not None else "auto")
+        tables=_tables(rs), eye_drive=rs.eye_drive if rs is not None else "auto",
+        **key_tolerances(rs))
     eyes = summary.get("eyes", {})
     if rs is not None and eyes:
         rs.eye_status = f"{eyes['drive'].replace('_', ' ')}: {eyes['reason']}"
@@ -432,6 +437,15 @@ def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict
                         f"them in the Bones section)")
     n = len({ch for info in summary["shape_keys"].values() for ch in info["mapped"]})
     return summary, n, warnings
+
+
+def key_tolerances(rs) -> dict:
+    """bake_capture's tolerances from the panel's Reduce Keys settings (None: dense)."""
+    if rs is None:
+        return {}
+    if not rs.reduce_keys:
+        return {"tolerance": None, "angle_tolerance_deg": None}
+    return {"tolerance": float(rs.key_tolerance), "angle_tolerance_deg": float(rs.angle_tolerance)}
 
 
 def _needs_targets(cls, context) -> bool:

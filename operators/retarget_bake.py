@@ -36,6 +36,9 @@ from ._core import arkit, core
 
 retarget = importlib.import_module(core.__name__ + ".retarget")
 gaze = importlib.import_module(core.__name__ + ".gaze")
+keyreduce = importlib.import_module(core.__name__ + ".keyreduce")
+
+TOLERANCE_PROP = "emoca_key_tolerance"   # on baked actions: 0 dense, else the weight tolerance
 
 _words = retarget.words
 
@@ -258,8 +261,12 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                  action_name: str | None = None, set_scene: bool = True, *, calibration=None,
                  neutral_frame: int | None = None, bone_settings=None, frame_range=None,
                  curves=None, tables=retarget.TABLES, eye_drive: str = "auto",
-                 consistent_eyes: bool = True) -> dict:
-    """Bake a capture onto characters as plain keyframes, one key per captured frame.
+                 consistent_eyes: bool = True,
+                 tolerance: float | None = keyreduce.WEIGHT_TOLERANCE,
+                 angle_tolerance_deg: float | None = keyreduce.ANGLE_TOLERANCE_DEG) -> dict:
+    """Bake a capture onto characters as plain LINEAR keyframes: only the keys each curve
+    needs to stay within a tolerance of the dense bake (one key per captured frame) at every
+    frame, or the dense bake itself with ``tolerance=None``.
 
     Args:
         capture: a ``capture_file.Capture``.
@@ -290,8 +297,13 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
             keys that rotate an eyeball get the weights that reproduce the gaze) or
             ``"auto"``: chosen by what the character has (:func:`choose_eye_drive`).
         consistent_eyes: give both eyes one gaze (``gaze.consistent_gaze``) before keying.
+        tolerance: shape-key weight tolerance (``keyreduce.reduce_keys`` per curve); None:
+            dense, one key per frame on every curve (bones too).
+        angle_tolerance_deg: bone rotation tolerance in degrees of rotation angle (the 4
+            quaternion curves of a bone reduced jointly); None: dense bones.
     Returns:
         {"frames": (first, last) scene frames, "fps": float, "keys": total keys written,
+         "keys_dense": keys of the dense bake, "tolerance", "angle_tolerance_deg",
          "actions": {object name: action name},
          "shape_keys": {mesh name: {"mapped": {channel: [keys]}, "unmapped_channels": [...],
                                     "unmapped_keys": [...]}},
@@ -338,7 +350,10 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
         values = retarget.calibrate(values, ch_names, calibration, neutral_frame)
     values = values[sel]
     col = {n: i for i, n in enumerate(ch_names)}
+    if tolerance is None:
+        angle_tolerance_deg = None
     summary = {"frames": (int(frames[0]), int(frames[-1])), "fps": capture.fps, "keys": 0,
+               "keys_dense": 0, "tolerance": tolerance, "angle_tolerance_deg": angle_tolerance_deg,
                "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": [], "warnings": []}
 
     mappings = {}
@@ -396,12 +411,29 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
             override = {k: w[rot["channel"]] for k, rot in turns.items() if rot["channel"] in w}
         name = f"{base}|{obj.name}"
         action, bag = blender_anim.ensure_action(key, name)
+        kept: dict[int, np.ndarray] = {}
+        if tolerance is not None and m:     # every mapped channel at once
+            cols = sorted({col[ch] for ch in m})
+            idx = keyreduce.reduce_many(values[:, cols].T.astype(np.float32), tolerance)
+            kept = dict(zip(cols, idx))
         for ch, ks in m.items():
             v = values[:, col[ch]]
             for k in ks:
+                vk = np.asarray(override.get(k, v), np.float64)
+                keep = slice(None)
+                if tolerance is not None:
+                    if k in override or col[ch] not in kept:
+                        idx = keyreduce.reduce_keys(vk.astype(np.float32), tolerance)
+                        if k in override:
+                            keep = idx
+                        else:
+                            kept[col[ch]] = keep = idx
+                    else:
+                        keep = kept[col[ch]]
                 blender_anim.write_fcurve(bag, f'key_blocks["{rig_build._esc(k)}"].value', 0,
-                                          frames, override.get(k, v))
-                summary["keys"] += N
+                                          frames[keep], vk[keep])
+                summary["keys"] += len(frames[keep])
+                summary["keys_dense"] += N
         summary["actions"][obj.name] = action.name
         summary["shape_keys"][obj.name] = {
             "mapped": m,
@@ -435,12 +467,14 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
         else:
             name = f"{base}|{armature.name}"
             action, bag = blender_anim.ensure_action(armature, name)
-            summary["keys"] += rig_build.write_bone_rotations(bag, armature, rot, frames,
-                                                              world=True)
+            summary["keys"] += rig_build.write_bone_rotations(
+                bag, armature, rot, frames, world=True, angle_tolerance_deg=angle_tolerance_deg)
+            summary["keys_dense"] += 4 * N * len(rot)
             summary["actions"][armature.name] = action.name
 
     for name in summary["actions"].values():   # frames are capture frames: their rate
         bpy.data.actions[name][fbx_io.FPS_PROP] = float(capture.fps)
+        bpy.data.actions[name][TOLERANCE_PROP] = float(tolerance or 0.0)
     if set_scene:
         rig_build.set_scene_timing(bpy.context.scene, capture.fps, frame_start, N)
     return summary
@@ -448,4 +482,4 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
 
 __all__ = ["arkit_name_mapping", "unmapped_keys", "find_targets", "guess_bones",
            "bake_capture", "RetargetError", "relative_head_rotation", "median_rotation",
-           "choose_eye_drive", "eyelook_key_rotations", "EYE_DRIVES"]
+           "choose_eye_drive", "eyelook_key_rotations", "EYE_DRIVES", "TOLERANCE_PROP"]

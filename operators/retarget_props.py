@@ -121,6 +121,17 @@ class EMOCA_RetargetSettings(bpy.types.PropertyGroup):
     frame_offset: IntProperty(
         name="Frame Offset", description="Shift the baked keys by this many scene frames "
         "(capture frame f lands on Start Frame + f + offset)", default=0)
+    reduce_keys: BoolProperty(
+        name="Reduce Keys", description="Keep only the keys each curve needs to stay within "
+        "the tolerance of the dense bake (one key per frame) at every frame; off: dense",
+        default=True)
+    key_tolerance: FloatProperty(
+        name="Weight Tolerance", description="Largest shape-key weight difference from the "
+        "dense bake at any frame", default=0.01, min=1e-5, max=0.5, precision=4, step=0.1)
+    angle_tolerance: FloatProperty(
+        name="Angle Tolerance", description="Largest bone rotation difference from the dense "
+        "bake at any frame, in degrees", default=0.2, min=1e-4, max=10.0, precision=3,
+        step=1)
     preset_path: StringProperty(
         name="Preset", description="Retarget preset (.json): mapping, calibration, bones, "
         "neutral frame and frame offset", subtype='FILE_PATH', default="")

@@ -46,6 +46,8 @@ import numpy as np
 from . import _core, blender_anim
 from ._core import capture_file, head_model  # noqa: F401  (capture_file: type of `capture`)
 
+keyreduce = importlib.import_module(_core.core.__name__ + ".keyreduce")
+
 # model (x, y, z) -> Blender (x, -z, y): +90 degrees about X.
 C = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -387,18 +389,29 @@ def _pose_matrices(capture) -> dict[str, np.ndarray]:
 
 
 def write_bone_rotations(channelbag, arm_obj, curves: dict[str, np.ndarray], frames,
-                         world: bool = False) -> int:
+                         world: bool = False, angle_tolerance_deg: float | None = None) -> int:
     """Key ``rotation_quaternion`` of each bone in ``curves`` ({bone: (N,3) model-axis
-    axis-angle relative to its parent}). Returns the number of keys written."""
+    axis-angle relative to its parent}), one key per frame, or with ``angle_tolerance_deg``
+    only the frames needed for the played rotation to stay within that angle of the dense one
+    at every frame (``keyreduce.reduce_keys`` on the 4 components jointly, LINEAR keys).
+    Returns the number of keys written."""
     n_keys = 0
-    for bone, r in curves.items():
+    frames = np.asarray(frames, np.float64)
+    quats = {bone: model_rotvec_to_bone_quat(r, bone_rest_rotation(arm_obj, bone, world=world))
+             for bone, r in curves.items()}
+    kept = {}
+    if angle_tolerance_deg is not None and quats:   # every bone at once
+        q32 = np.stack([np.asarray(q, np.float32) for q in quats.values()])
+        kept = dict(zip(quats, keyreduce.reduce_many(q32, angle_tolerance_deg,
+                                                     keyreduce.quat_angle_deg)))
+    for bone, q in quats.items():
         pb = arm_obj.pose.bones[bone]
         pb.rotation_mode = "QUATERNION"
-        q = model_rotvec_to_bone_quat(r, bone_rest_rotation(arm_obj, bone, world=world))
+        keep = kept.get(bone, slice(None))
         path = pb.path_from_id("rotation_quaternion")
         for i in range(4):
-            blender_anim.write_fcurve(channelbag, path, i, frames, q[:, i], group=bone)
-        n_keys += 4 * len(frames)
+            blender_anim.write_fcurve(channelbag, path, i, frames[keep], q[keep, i], group=bone)
+        n_keys += 4 * len(frames[keep])
     return n_keys
 
 

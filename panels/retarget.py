@@ -89,6 +89,11 @@ class EMOCA_PT_retarget(_EmocaPanel, bpy.types.Panel):
         col.prop(props, "frame_start")
         if rs is not None:
             col.prop(rs, "frame_offset")
+            col.prop(rs, "reduce_keys")
+            sub = col.column(align=True)
+            sub.active = rs.reduce_keys
+            sub.prop(rs, "key_tolerance")
+            sub.prop(rs, "angle_tolerance")
         cap_problem = ops_capture.capture_file_problem(context)
         target_problem = ops_retarget.targets_problem(context)
         _button(layout, "emoca.retarget", cap_problem or target_problem, icon='ACTION')

@@ -179,7 +179,8 @@ def _clip_in_scene_rate(rate: float, scene_fps: int, n=24):
     """A capture at ``rate`` baked onto the sample, in a scene at ``scene_fps`` fps (the
     user's project rate: the bake sets the capture's rate, the user sets the scene's)."""
     cli_scene.new_scene()
-    s = cli_scene.retarget(synthetic_capture(n=n, fps=rate), "sample")
+    s = cli_scene.retarget(synthetic_capture(n=n, fps=rate), "sample",
+                           tolerance=None)   # dense: a key per frame
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = scene_fps, 1.0
     return [bpy.data.objects[n] for n in s["objects"]], scene

@@ -25,7 +25,8 @@ def baked_character(n=48, frame_start=1, fps=30.0, names=None):
     model = synthetic_head(expression_names=tuple(names))
     obj, arm = rig_build.build_head_object(model, "Hero")
     cap = synthetic_capture(n=n, fps=fps, source="hero_take.mp4")
-    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=frame_start)
+    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=frame_start,
+                                   tolerance=None)   # dense: a key per frame
     return obj, arm, cap, s
 
 
@@ -140,7 +141,8 @@ def test_fbx_head_relative_to_the_median_pose(empty_scene, tmp_path):
     cap = synthetic_capture(n=len(pitch))
     cap.arrays["head_rotation"][:] = 0.0
     cap.arrays["head_rotation"][:, 0] = pitch
-    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=1)
+    s = retarget_bake.bake_capture(cap, [obj, arm], frame_start=1,
+                                   tolerance=None)   # dense: a key per frame
     path = fbx_io.export_fbx(tmp_path / "h.fbx", [obj, arm], frame_start=1,
                              frame_end=len(pitch))
     fr, q = fbx_io.read_fbx_animation(path)["Hero_rig"]["bones"][s["bones"]["head"]][

@@ -26,7 +26,7 @@ def character(fps=30.0, frame_start=1, offset=0.2, n=24):
     capture's curves went to: {"jaw": name, "head": name, ...})."""
     cli_scene.new_scene()
     s = cli_scene.retarget(synthetic_capture(n=n, fps=fps), "sample", frame_start=frame_start,
-                           offset=offset)
+                           offset=offset, tolerance=None)   # dense: a key per frame
     return [bpy.data.objects[n] for n in s["objects"]], bpy.context.scene, s["bones"]
 
 

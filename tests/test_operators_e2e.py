@@ -220,6 +220,7 @@ def test_demo_clip_capture_cancel_rig_retarget_export(built_zip, demo_video, tmp
         d = draw_all()                              # 5. target chosen
         out["s_target"] = dict(retarget=labels(d, "Retarget"), polls={o: poll(o) for o in
                                                                       ("retarget",)})
+        bpy.context.scene.emoca_retarget.reduce_keys = False   # dense: keys = the capture
         r = bpy.ops.emoca.retarget()
         char = props.target_mesh
         ark = list(cap.names["arkit"])
@@ -328,6 +329,7 @@ def test_shared_media_clip_through_every_operator(built_zip, tmp_path):
         out["n"], out["valid"] = cap.n_frames, int(cap["valid"].sum())
         out["rig"] = sorted(bpy.ops.emoca.build_rig())
         out["sample"] = sorted(bpy.ops.emoca.add_sample_character())
+        bpy.context.scene.emoca_retarget.reduce_keys = False   # dense: keys = the capture
         out["retarget"] = sorted(bpy.ops.emoca.retarget())
         ark = list(cap.names["arkit"])
         out["err"] = max(abs(key_value(props.target_mesh, "jawOpen", 1 + f) -
