@@ -54,12 +54,16 @@ def test_demo_job_fbx_reimports_with_animation(tmp_path, long_demo_clip):
         assert k in shape, f"no shape-key curve {name} in the FBX"
         return shape[k]
 
+    # the job bakes reduced keys (0.01 weight by default): fewer keys than frames, and the
+    # curve the keys describe (linear between them) is the capture's within 0.01 at every
+    # captured frame (+ 1e-3: FBX stores floats). Blender's stock importer puts a 29.97 fps
+    # clip's keys at 1.001 x the frame (its integer rate); the first key is frame 1
     for name in ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft"):
         c = curve(name)
-        assert len(c) == n, (name, len(c), n)                    # one key per captured frame
-    # the FBX's curves are the capture's (the bake is exact; FBX stores floats)
-    for name in ("jawOpen", "eyeBlinkLeft", "mouthSmileLeft"):
-        np.testing.assert_allclose(curve(name)[:, 1], cap.column("arkit", name), atol=1e-3)
+        assert 2 <= len(c) < n, (name, len(c), n)
+        played = np.interp(np.arange(1, n + 1), c[:, 0] / c[0, 0], c[:, 1])
+        np.testing.assert_allclose(played, cap.column("arkit", name), atol=0.01 + 1e-3,
+                                   err_msg=name)
     assert np.ptp(curve("jawOpen")[:, 1]) > 0.05
     assert np.ptp(curve("eyeBlinkLeft")[:, 1]) > 0.2                # she blinks
     jaw = [v for (path, i), v in bones.items() if 'pose.bones["jaw"]' in path and "rotation" in path]

@@ -89,6 +89,7 @@ def test_retarget_panel_mapping_bones_presets_livelink(built_zip, tmp_path):
         rs.use_neutral_frame, rs.neutral_frame = True, 2
         rs.use_frame_range, rs.frame_first, rs.frame_last = True, 1, 6
         rs.frame_offset = 10
+        rs.reduce_keys = False        # dense: one key per frame, the timing checked below
         d = draw_all()
         out["edited"] = dict(smile=(ch["mouthSmileLeft"].keys, ch["mouthSmileLeft"].key_pick),
                              detail=[c for c in d["Shape Key Mapping"] if c[0] in ("prop", "prop_search")],
