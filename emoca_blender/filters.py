@@ -9,7 +9,7 @@
 * :func:`smooth`: the user-facing filter. Captures are offline, so it runs the One-Euro
   filter forwards and backwards and averages the two passes, cancelling the causal lag.
   ``strength`` in [0, 1]; 0 turns filtering off.
-* :func:`keep_peaks`: per channel group, fast channels (the jaw and mouth opening, the lids)
+* :func:`keep_peaks`: per channel group, fast channels (jaw, mouth opening, lips and lids)
   keep their peaks: the smoothed curve may leave the measured one by at most a small
   tolerance, so jitter below it is removed while a 3-frame blink or a scream's peak is
   not cut. Slower channels (brows, smile, cheeks...) get the full smoothing.

@@ -266,9 +266,11 @@ def fit_identity(model: HeadModel, neutral: np.ndarray, point_weights: np.ndarra
     """The identity coefficients whose neutral landmarks best match an actor's.
 
     A MAP fit with a unit-Gaussian prior on the coefficients (ICT's modes are in standard
-    deviations) and ``noise`` per coordinate, alternated twice with a similarity alignment of
-    the actor's landmarks onto the model's (one camera does not see the head's size, so the
-    scale is taken out). Args:
+    deviations) and ``noise`` per coordinate, alternated three times with a similarity
+    alignment of the actor's landmarks onto the model's (one camera does not see the head's
+    size, so the scale is taken out).
+
+    Args:
         model: a head model with ``shape_basis`` and a landmark embedding.
         neutral: (L,3) the actor's neutral landmarks (a capture's ``neutral_landmarks``).
         point_weights: (L,) weights (default: every mesh landmark, irises left out).

@@ -457,7 +457,8 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     eyes_i, openness = ls.solve_chunked(
         L, neutral=neutral, basis=basis, pinned=TONGUE_ONLY, rounds=0, point_mask=SOLVE_POINTS,
         each=lambda r: (eyes_from_iris(r.pose_free, neutral), lid_openness(r.pose_free, neutral)))
-    look = gaze_to_arkit(eyes_i * iris_gaze_trust(openness)[:, :, None])
+    k = iris_gaze_trust(openness)[:, :, None]            # the irises' say, by lid opening
+    look = gaze_to_arkit(eyes_i * k)
     res = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=SOLVE_PINNED, rounds=1,
                            fixed=look, point_mask=SOLVE_POINTS)
     del L
@@ -482,9 +483,7 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     ang = ls.rotation_angle_deg(R_all[S], res.rotation[S])
 
     # gaze: the irises where the lids are open, the blendshape model's gaze as they close
-    eyes_s = eyes_from_arkit(a)
-    k = iris_gaze_trust(openness)[:, :, None]
-    eyes = k * eyes_i + (1 - k) * eyes_s
+    eyes = k * eyes_i + (1 - k) * eyes_from_arkit(a)
     a[:, GAZE] = gaze_to_arkit(eyes)[:, GAZE]             # the eyeLook* curves say the same
     blink = np.stack([a[:, INDEX["eyeBlinkLeft"]], a[:, INDEX["eyeBlinkRight"]]], 1)
 
