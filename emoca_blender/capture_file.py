@@ -96,6 +96,8 @@ FIELDS: dict[str, tuple[tuple, str, bool]] = {
     "emotion_probs": (("N", "E"), "f", False),
     "valence": (("N",), "f", False),
     "arousal": (("N",), "f", False),
+    # the emotion refinement's Strength on the frames whose expression it changed, 0 elsewhere
+    "emotion_refined": (("N",), "f", False),
     "emotion_features": (("N", "F"), "f", False),
     # the actor's neutral the capture was calibrated to (a calibration take for others:
     # ``capture --neutral-from``): pose-free landmarks and the blendshape scores' offsets

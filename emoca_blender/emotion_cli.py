@@ -261,9 +261,14 @@ def updated_capture(cap, arrays: dict, meta: dict):
 
 
 def refined_capture(cap, expression: np.ndarray, summary: dict, settings: dict):
-    """A copy of ``cap`` with the refined expression (and, for the open head model whose
-    expression basis is ARKit, the ARKit curves too), the refinement recorded in meta."""
-    arrays = {"expression": expression}
+    """A copy of ``cap`` with the refined expression (and, for captures whose expression is
+    the ARKit channels, the ARKit curves too), the refinement recorded in meta, and the
+    per-frame ``emotion_refined`` flag: the Strength on the frames whose expression changed,
+    0 elsewhere (Key Emotion Curves keys it)."""
+    touched = np.abs(np.asarray(expression) - np.asarray(cap["expression"])).max(1) > 1e-5
+    strength = float(settings.get("strength", 1.0))
+    arrays = {"expression": expression,
+              "emotion_refined": np.where(touched, strength, 0.0).astype(np.float32)}
     if tuple(cap.names.get("expression", ())) == tuple(cap.names.get("arkit", ())):
         arrays["arkit"] = np.clip(expression, 0.0, 1.0)
     return updated_capture(cap, arrays,
@@ -317,6 +322,8 @@ def cmd_refine(args, progress) -> int:
     res = refine_capture(cap, frames(), s, frame_subset=subset, progress=on_frame)
     summ = res.summary()
     summ["seconds"] = round(time.perf_counter() - t0, 1)
+    summ["keyframes"] = [int(f.frame) for f in res.frames]
+    summ["strength"] = float(s.strength)
     import dataclasses
 
     settings = {k: v for k, v in dataclasses.asdict(s).items()

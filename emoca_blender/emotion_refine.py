@@ -115,9 +115,12 @@ class RefineSettings:
     landmark_weight: float = 0.5    # landmark consistency term (not in Eq. 1; 0 = Eq. 1)
     appearance: str = "neutral"     # "neutral": the actor's neutral frame as the texture;
     #                                 "frame": vertex colours from the refined frame itself
-    caps_behind: float = 1000.0     # warp: the hole caps get their own vertices, pushed this
-    #                                 far (crop pixels) from the viewer: seen only through
-    #                                 the holes, never over the lips or lids (0: in place)
+    prior_weight: float = 0.02      # w of the prior term w * sqrt(d^T P d), d the change of
+    #                                 the free components, P their inverse covariance under
+    #                                 the real-expression prior (0: no term)
+    prior_percentile: float | None = 99.0   # the result's Mahalanobis distance is kept
+    #                                 within this percentile of the prior's frames (or the
+    #                                 capture's own, if larger); None: no such guard
 
 
 @dataclass
@@ -128,6 +131,9 @@ class FrameResult:
     feat_dist_after: float
     lmk_err_before: float
     lmk_err_after: float
+    mahal_before: float = float("nan")     # Mahalanobis distance under the prior
+    mahal_after: float = float("nan")
+    guard_scale: float = 1.0               # the part of the change kept by the prior guard
 
 
 @dataclass
@@ -235,40 +241,6 @@ def render(v2, z, colors, faces, size: int = 64, sigma: float = 0.6, gamma: floa
     return img.reshape(size, size)
 
 
-def hole_caps(faces: np.ndarray) -> np.ndarray:
-    """(C,3) triangles closing every boundary loop of a triangle mesh but the longest (the
-    outer outline): a fan from the loop's first vertex. For the open head model: the mouth
-    (20 points), the two eye openings (16 each) and the iris discs' rims."""
-    from collections import defaultdict
-
-    f = np.asarray(faces, np.int64)
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
-    uniq, count = np.unique(edges, axis=0, return_counts=True)
-    adj: dict[int, list[int]] = defaultdict(list)
-    for a, b in uniq[count == 1]:
-        adj[int(a)].append(int(b))
-        adj[int(b)].append(int(a))
-    seen: set[int] = set()
-    loops = []
-    for start in sorted(adj):
-        if start in seen:
-            continue
-        loop, prev, cur = [start], None, start
-        seen.add(start)
-        while True:
-            nxt = [x for x in adj[cur] if x != prev and x not in seen]
-            if not nxt:
-                break
-            prev, cur = cur, nxt[0]
-            loop.append(cur)
-            seen.add(cur)
-        loops.append(loop)
-    loops.sort(key=len)
-    caps = [[lp[0], lp[i], lp[i + 1]] for lp in loops[:-1] if len(lp) >= 3
-            for i in range(1, len(lp) - 1)]
-    return np.asarray(caps, np.int64).reshape(-1, 3)
-
-
 def nearest_faces(v2, faces, size: int = 64, k: int = 12):
     """(size*size, k) indices of the triangles whose centroids lie nearest each pixel centre:
     the candidates :func:`render` needs (recomputed as the mesh moves)."""
@@ -333,7 +305,7 @@ def rasterize(v2, z, faces, size: int = 64, supersample: int = 2, eps: float = 1
 
 
 def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
-                background=0.5, raster=None):
+                background=0.5, raster=None, shade=None):
     """Render a textured mesh to a (size,size) gray image: hard visibility, differentiable
     texture warp.
 
@@ -352,6 +324,7 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
         faces: (F,3) long tensor.
         texture: (image (H,W) tensor, uv (V,2) tensor in that image's pixels).
         background: a gray level, or a (size,size) tensor drawn where no triangle covers.
+        shade: optional (F,) tensor, a plain gray level per triangle (NaN: textured).
         raster: optional (face map, sub-pixel centres) from :func:`rasterize`, reused
             instead of rasterizing again (the optimiser refreshes it every few steps; in
             between, a sub-pixel whose triangle has moved off it keeps that triangle's
@@ -376,6 +349,9 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
     g = torch.stack([u[:, 0] / Wd, u[:, 1] / H], -1) * 2 - 1
     col = torch.nn.functional.grid_sample(tex[None, None], g[None, None], align_corners=False,
                                           padding_mode="border")[0, 0, 0]
+    if shade is not None:
+        sh = shade[fmap[pix]].to(col.dtype)
+        col = torch.where(torch.isnan(sh), col, sh)
     if torch.is_tensor(background) and background.dim() > 0:
         bg = background.repeat_interleave(supersample, 0).repeat_interleave(supersample, 1)
         bg = bg.reshape(-1).to(col.dtype)
@@ -385,20 +361,103 @@ def render_warp(v2, z, faces, texture, size: int = 64, supersample: int = 2,
     return torch.nn.functional.avg_pool2d(img.reshape(1, 1, S, S), supersample)[0, 0]
 
 
+# -- the head drawn: the ICT head with the actor's identity ----------------------------------
+
+#: gray level of each part no frame shows, relative to the actor's skin (the neutral
+#: texture's median over the face): the sRGB luminance of the rig's part colours
+#: (operators/rig_build.PART_COLOURS) over that of its skin colour, so the rendering's
+#: mouth, teeth and eyes look as the rig's do, lit like the actor's face
+PLAIN_SHADES = {"mouth_socket": 0.45, "eye_socket": 0.82, "gums_tongue": 0.77, "teeth": 1.30,
+                "eyeball": 1.31, "iris": 0.41}
+TEXTURED_PARTS = ("face", "head")      # textured from the actor's neutral frame
+HIDDEN_PARTS = ("eyelashes",)          # not drawn: thinner than a pixel of the crop; the
+#                                        neutral frame's own lashes are in the texture
+IRIS_DEG = 28.0                        # eyeball faces within this angle of +Z are iris
+N_FACE_LANDMARKS = 468                 # MediaPipe's mesh points (its 10 iris points left out:
+#                                        the eyeballs do not turn with the gaze here)
+
+
+@dataclass
+class RefineHead:
+    """The mesh the refinement draws (V vertices, F triangles, K expression components).
+
+    vertices (V,3) the neutral head with the actor's identity; basis (K,V,3); faces (F,3);
+    shade (F,) each triangle's gray level relative to the skin (NaN: textured); skin (S,)
+    vertices whose texture sets the skin level; lmk_tri/lmk_bary (L,3) the landmarks."""
+
+    vertices: np.ndarray
+    basis: np.ndarray
+    faces: np.ndarray
+    shade: np.ndarray
+    skin: np.ndarray
+    lmk_tri: np.ndarray
+    lmk_bary: np.ndarray
+    names: tuple[str, ...]
+
+
+def refine_head(model, identity: np.ndarray | None = None) -> RefineHead:
+    """The refinement's mesh from a head model with parts (the bundled ICT head): its
+    identity applied (``identity``: coefficients of ``shape_basis``, e.g. from
+    :func:`head_model.fit_identity`), the face and head textured, the mouth socket, gums,
+    tongue, teeth, eye sockets and eyeballs (iris and sclera) in plain shades, the lashes
+    left out."""
+    V = np.asarray(model.v_template, np.float64)
+    if identity is not None and len(identity) and model.shape_basis is not None:
+        k = len(identity)
+        V = V + np.tensordot(np.asarray(identity, np.float64), model.shape_basis[:k], axes=1)
+    faces = np.asarray(model.faces, np.int64)
+    parts = list(model.part_names)
+    if model.vertex_part is None or not parts:
+        vpart = np.zeros(len(V), np.int64)
+        parts = ["face"]
+    else:
+        vpart = np.asarray(model.vertex_part, np.int64)
+    fpart = np.array(parts, dtype=object)[vpart[faces[:, 0]]]
+    keep = ~np.isin(fpart, HIDDEN_PARTS)
+    faces, fpart = faces[keep], fpart[keep]
+    shade = np.full(len(faces), np.nan)
+    for name, level in PLAIN_SHADES.items():
+        shade[fpart == name] = level
+    for side in ("eyeball_left", "eyeball_right"):
+        sel = fpart == side
+        if not sel.any():
+            continue
+        centre = V[vpart == parts.index(side)].mean(0)
+        u = V[faces[sel]].mean(1) - centre
+        ang = np.degrees(np.arccos(np.clip(u[:, 2] / np.linalg.norm(u, axis=1), -1, 1)))
+        shade[np.flatnonzero(sel)] = np.where(ang < IRIS_DEG, PLAIN_SHADES["iris"],
+                                              PLAIN_SHADES["eyeball"])
+    skin = np.flatnonzero(vpart == parts.index("face")) if "face" in parts else np.arange(len(V))
+    if model.landmark_tri is not None:
+        tri = np.asarray(model.landmark_tri, np.int64)
+        bary = np.asarray(model.landmark_bary, np.float64)
+    else:
+        lv = np.asarray(model.landmark_vertices, np.int64)
+        tri, bary = np.repeat(lv[:, None], 3, 1), np.tile([1.0, 0.0, 0.0], (len(lv), 1))
+    n = min(N_FACE_LANDMARKS, len(tri))
+    return RefineHead(V.astype(np.float32), np.asarray(model.expression_basis, np.float32),
+                      faces, shade, skin, tri[:n], bary[:n].astype(np.float32),
+                      tuple(model.expression_names))
+
+
 # -- per-frame problem ----------------------------------------------------------------------
 
 class FrameProblem:
     """Everything fixed for one frame: the input crop and its features, the camera, the
-    mesh's vertex colours, the fixed expression components."""
+    texture and the plain shades, the fixed expression components, the prior."""
 
-    def __init__(self, model, net, rgb: np.ndarray, lmk2d: np.ndarray, rotation: np.ndarray,
+    def __init__(self, head, net, rgb: np.ndarray, lmk2d: np.ndarray, rotation: np.ndarray,
                  e0: np.ndarray, free: np.ndarray, settings: RefineSettings,
-                 crop: np.ndarray | None = None, texture=None, crop_hi: np.ndarray | None = None):
+                 crop: np.ndarray | None = None, texture=None, crop_hi: np.ndarray | None = None,
+                 prior=None):
         import torch
 
         from . import emotion
         from .head_model import rodrigues
 
+        if not isinstance(head, RefineHead):
+            head = refine_head(head)
+        self.head = head
         self.s = settings
         self.net = net
         box = emotion.crop_box(lmk2d)
@@ -406,74 +465,58 @@ class FrameProblem:
         if crop is None:
             crop = emotion.crop_gray(rgb, box)
         crop = np.asarray(crop, np.float32) / 255.0
-        self.texture = texture
         self.crop = torch.from_numpy(crop)
         with torch.no_grad():
             _, self.f_in = net(self.to_net(self.crop))
         self.R = torch.from_numpy(rodrigues(np.asarray(rotation, np.float64)).astype(np.float32))
-        self.T = torch.from_numpy(model.v_template.astype(np.float32))
-        self.B = torch.from_numpy(model.expression_basis.astype(np.float32))  # (K,V,3)
-        f = model.faces.astype(np.int64)
-        self.faces = torch.from_numpy(np.concatenate([f, hole_caps(f)]))   # holes closed
-        self.lmk_idx = torch.from_numpy(np.asarray(model.landmark_vertices, np.int64))
-        self.obs = torch.from_numpy(np.asarray(lmk2d, np.float32))
+        self.T = torch.from_numpy(head.vertices)
+        self.B = torch.from_numpy(head.basis.reshape(len(head.basis), -1))      # (K,V*3)
+        self.faces = torch.from_numpy(head.faces)
+        self.lmk_tri = torch.from_numpy(head.lmk_tri)
+        self.lmk_bary = torch.from_numpy(head.lmk_bary)
+        self.obs = torch.from_numpy(np.asarray(lmk2d, np.float32)[:len(head.lmk_tri)])
         self.e0 = torch.from_numpy(np.asarray(e0, np.float32))
         self.free = torch.from_numpy(np.asarray(free, bool))
+        self.prior = prior
+        self.P = None
+        if prior is not None and settings.prior_weight > 0:
+            self.P = torch.from_numpy(prior.change_precision(free).astype(np.float32))
         # weak-perspective camera fitted at the captured expression: x = s X + tx, y = -s Y + ty
         with torch.no_grad():
-            C = self.camera_points(self.e0)[self.lmk_idx]
+            C = self.landmarks(self.camera_points(self.e0))
             A = torch.zeros(2 * C.shape[0], 3)
             A[0::2, 0], A[0::2, 1] = C[:, 0], 1.0
             A[1::2, 0], A[1::2, 2] = -C[:, 1], 1.0
             rhs = self.obs.reshape(-1)
             self.cam = torch.linalg.lstsq(A, rhs[:, None]).solution[:, 0]      # s, tx, ty
-            # vertex colours: the input crop sampled at the captured vertex positions
             uv = self.to_crop(self.project(self.camera_points(self.e0)))
             self.uv0 = uv
             g = (uv / 64.0) * 2 - 1
+            # vertex colours (the soft renderer): the input crop at the captured vertices
             self.colors = torch.nn.functional.grid_sample(
                 self.crop[None, None], g[None, None], align_corners=False,
                 padding_mode="border")[0, 0, 0]
-            if self.texture is None and settings.renderer == "warp":
+            if texture is None:
                 # no texture given: the frame's own crop (higher resolution when given)
                 hi = crop if crop_hi is None else np.asarray(crop_hi, np.float32) / 255.0
-                self.texture = (torch.from_numpy(np.ascontiguousarray(hi, np.float32)),
-                                uv * (hi.shape[0] / 64.0))
+                texture = (torch.from_numpy(np.ascontiguousarray(hi, np.float32)),
+                           uv * (hi.shape[0] / 64.0))
+            self.texture = texture
+            self.shade = torch.from_numpy(
+                np.minimum(head.shade * skin_level(texture, head.skin), 1.0).astype(np.float32))
             border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
             self.background = (self.crop.clone() if settings.composite
                                else float(np.median(border)))
-        self.cap_src, self.cap_dz = None, 0.0
-        if settings.caps_behind > 0 and settings.renderer == "warp" and self.texture is not None:
-            self._split_caps(f.shape[0], float(settings.caps_behind))
-
-    def _split_caps(self, n_open: int, dz: float):
-        """Give the hole caps their own vertices (copies of the holes' rims, same texture
-        coordinates), drawn ``dz`` crop pixels behind the mesh: a cap then shows only
-        through its hole. (In place, the fan over a non-convex rim -- the mouth -- overlaps
-        the lips, and the cap's fan triangles won the z-test over 22-40 of the 140-325
-        sub-pixels the caps covered on the MEAD keyframes.)"""
-        import torch
-
-        V = self.T.shape[0]
-        caps = self.faces[n_open:]
-        src, inv = torch.unique(caps.reshape(-1), return_inverse=True)
-        self.faces = torch.cat([self.faces[:n_open], (V + inv).reshape(-1, 3)])
-        self.cap_src, self.cap_dz = src, dz
-        tex, tuv = self.texture
-        self.texture = (tex, torch.cat([tuv, tuv[src]]))
-
-    def _with_caps(self, x, dz: float = 0.0):
-        """Per-vertex values extended by the caps' own vertices (their rims' values)."""
-        import torch
-
-        return x if self.cap_src is None else torch.cat([x, x[self.cap_src] - dz])
 
     def to_net(self, img):
         return (img * 2 - 1)[None, None]
 
     def camera_points(self, e):
-        V = self.T + (e[:, None, None] * self.B).sum(0)
+        V = self.T + (e @ self.B).reshape(self.T.shape)
         return V @ self.R.T
+
+    def landmarks(self, C):
+        return (C[self.lmk_tri] * self.lmk_bary[:, :, None]).sum(1)
 
     def project(self, C):
         s, tx, ty = self.cam
@@ -490,18 +533,28 @@ class FrameProblem:
 
     def render(self, e, refresh: bool = False):
         C = self.camera_points(e)
-        uv = self._with_caps(self.to_crop(self.project(C)))
-        zs = self._with_caps(C[:, 2] * self.cam[0] * (64.0 / self.box[2]), self.cap_dz)
+        uv = self.to_crop(self.project(C))
+        zs = C[:, 2] * self.cam[0] * (64.0 / self.box[2])
         if self.s.renderer == "warp":
             if refresh or getattr(self, "raster", None) is None:
                 self.raster = rasterize(uv.detach(), zs.detach(), self.faces, 64,
                                         self.s.supersample)
             return render_warp(uv, zs, self.faces, self.texture, 64, self.s.supersample,
-                               self.background, raster=self.raster)
+                               self.background, raster=self.raster, shade=self.shade)
         if refresh or getattr(self, "cand", None) is None:
             self.cand = nearest_faces(uv.detach(), self.faces, 64, self.s.candidates)
         return render(uv, zs, self.colors, self.faces, 64, self.s.sigma, self.s.gamma,
                       self.background, self.cand, self.texture)
+
+    def features(self, e):
+        """(class probabilities, feature) of the rendering at ``e``."""
+        import torch
+
+        with torch.no_grad():
+            img = self.render(torch.as_tensor(e), True)
+            p, f = self.net(self.to_net(img))
+        self.raster_image = img.numpy()
+        return p, f
 
     def feat_dist(self, e, refresh: bool = False):
         _, f = self.net(self.to_net(self.render(e, refresh)))
@@ -509,19 +562,27 @@ class FrameProblem:
 
     def lmk_term(self, e):
         """Mean landmark distance in crop pixels (the optional consistency term)."""
-        p = self.project(self.camera_points(e))[self.lmk_idx]
+        p = self.landmarks(self.project(self.camera_points(e)))
         return (p - self.obs).norm(dim=1).mean() * (64.0 / float(self.box[2]))
 
     def lmk_err(self, e) -> float:
         import torch
 
         with torch.no_grad():
-            p = self.project(self.camera_points(e))[self.lmk_idx]
+            p = self.landmarks(self.project(self.camera_points(torch.as_tensor(e))))
             return float((p - self.obs).norm(dim=1).mean())
+
+    def prior_term(self, e):
+        """Mahalanobis length of the change of the free components under the prior."""
+        d = (e - self.e0)[self.free]
+        return (d @ self.P @ d + 1e-12).sqrt()
 
     def solve(self) -> tuple[np.ndarray, float, float]:
         """Adam from the capture (and a second run at ``second_lr``); returns (refined
-        expression, feature distance at the capture, at the result)."""
+        expression, feature distance at the capture, at the result). With a prior and
+        ``prior_percentile``, a result whose Mahalanobis distance exceeds that percentile
+        of the prior's frames (or the capture's own distance, if larger) is moved back
+        along the change until it does not."""
         import torch
 
         runs = [(self.s.lr, self.s.iterations)]
@@ -534,9 +595,29 @@ class FrameProblem:
         cands = [(self.objective(self.e0), self.e0.clone())] + [self._adam(lr, n)
                                                                for lr, n in runs]
         best_e = min(cands, key=lambda c: c[0])[1]
+        self.guard_scale = 1.0
+        if self.prior is not None and self.s.prior_percentile is not None:
+            best_e = self._guard(best_e)
+            if self.objective(best_e) > cands[0][0]:
+                best_e = self.e0.clone()
         with torch.no_grad():
             d1 = float(self.feat_dist(best_e, True))
         return best_e.numpy(), d0, d1
+
+    def _guard(self, e):
+        e0 = self.e0.numpy().astype(np.float64)
+        d = e.numpy().astype(np.float64) - e0
+        r = max(self.prior.radius(self.s.prior_percentile), float(self.prior.mahalanobis(e0)))
+        if float(self.prior.mahalanobis(e0 + d)) <= r:
+            return e
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            t = 0.5 * (lo + hi)
+            lo, hi = (t, hi) if float(self.prior.mahalanobis(e0 + t * d)) <= r else (lo, t)
+        self.guard_scale = lo
+        import torch
+
+        return torch.from_numpy((e0 + lo * d).astype(np.float32))
 
     def _adam(self, lr: float, iterations: int) -> tuple[float, object]:
         """One Adam run from the capture: (loss, iterate) of its best iterate, the last one
@@ -566,6 +647,8 @@ class FrameProblem:
         loss = self.feat_dist(e, refresh=True) + self.s.reg * (e ** 2).sum()
         if self.s.landmark_weight:
             loss = loss + self.s.landmark_weight * self.lmk_term(e)
+        if self.P is not None:
+            loss = loss + self.s.prior_weight * self.prior_term(e)
         return loss
 
     def objective(self, e) -> float:
@@ -573,7 +656,23 @@ class FrameProblem:
         import torch
 
         with torch.no_grad():
-            return float(self._loss(e))
+            return float(self._loss(torch.as_tensor(e)))
+
+
+def skin_level(texture, skin: np.ndarray) -> float:
+    """The median gray level of the texture at the skin vertices' texture coordinates."""
+    import torch
+
+    tex, uv = texture
+    H, W = tex.shape[-2:]
+    u = uv[torch.from_numpy(np.asarray(skin, np.int64))]
+    inside = (u[:, 0] >= 0) & (u[:, 0] < W) & (u[:, 1] >= 0) & (u[:, 1] < H)
+    if not bool(inside.any()):
+        return 0.6
+    g = torch.stack([u[inside, 0] / W, u[inside, 1] / H], -1) * 2 - 1
+    val = torch.nn.functional.grid_sample(tex[None, None].float(), g[None, None],
+                                          align_corners=False)[0, 0, 0]
+    return float(val.median())
 
 
 def torch_stack2(x, y):
@@ -609,35 +708,111 @@ def neutral_frame(cap, measured: np.ndarray) -> int | None:
     return int(idx[np.argmin(np.abs(E[idx]).sum(1))])
 
 
+def capture_head(cap, model=None) -> RefineHead:
+    """The refinement's head for a capture: the bundled ICT head (or ``model``) with the
+    actor's identity fitted to the capture's ``neutral_landmarks``, as the rig is built
+    (operators/rig_build.arkit_head); no identity when the capture has none."""
+    from .head_model import fit_identity, ict_head
+
+    model = model or ict_head()
+    nl = cap.get("neutral_landmarks") if hasattr(cap, "get") else None
+    identity = None
+    if nl is not None and np.asarray(nl).shape == (478, 3) and model.shape_basis is not None:
+        identity = fit_identity(model, np.asarray(nl))
+    return refine_head(model, identity)
+
+
+class CaptureScene:
+    """A capture's frames as the refinement sees them: the head, the emotion network, the
+    64x64 crops of the needed frames and the neutral frame's texture (one pass over the
+    video)."""
+
+    def __init__(self, cap, frames, need, settings: RefineSettings, head: RefineHead,
+                 prior=None):
+        import torch
+
+        from . import emotion
+
+        self.cap, self.s, self.head, self.prior = cap, settings, head, prior
+        self.E = np.asarray(cap["expression"], np.float32)
+        N = self.E.shape[0]
+        self.measured = cap["valid"] & ~cap["interpolated"]
+        self.free = free_components(head.names)
+        self.net = emotion.torch_model()
+        neutral = neutral_frame(cap, self.measured) if settings.appearance == "neutral" else None
+        want = set(int(i) for i in need) | ({neutral} if neutral is not None else set())
+        textured = {neutral} if neutral is not None else set(want)
+        self.crops: dict[int, np.ndarray] = {}
+        self.hi: dict[int, np.ndarray] = {}
+        for i, rgb in frames:
+            if i >= N or len(self.crops) == len(want):
+                break
+            if i in want:
+                box = emotion.crop_box(cap["landmarks2d"][i])
+                self.crops[i] = emotion.crop_gray(rgb, box)
+                if i in textured:
+                    self.hi[i] = emotion.crop_gray(rgb, box, int(settings.texture_size))
+        self.texture = None
+        if neutral is not None and neutral in self.crops:
+            nprob = self.problem(neutral, self.E[neutral])
+            t_img = torch.from_numpy(self.hi[neutral].astype(np.float32) / 255.0)
+            self.texture = (t_img, nprob.uv0 * (t_img.shape[0] / 64.0))
+
+    def problem(self, i: int, e0) -> FrameProblem:
+        return FrameProblem(self.head, self.net, None, self.cap["landmarks2d"][i],
+                            self.cap["head_rotation"][i], e0, self.free, self.s,
+                            crop=self.crops[i], texture=self.texture, crop_hi=self.hi.get(i),
+                            prior=self.prior)
+
+
+def _check(cap, s: RefineSettings, head: RefineHead):
+    from .head_model import ARKIT_HEADS
+
+    if cap.meta.get("head_model") not in ARKIT_HEADS + ("", None):
+        raise BadInput(f"emotion refinement supports captures in ARKit channels (the "
+                       f"mediapipe backend); this capture uses {cap.meta.get('head_model')!r}")
+    if tuple(head.names) != tuple(cap.names.get("expression", ())):
+        raise BadInput("the capture's expression components do not match the head model's")
+    if not 0.0 <= s.strength <= 1.0:
+        raise BadInput(f"strength must be in [0, 1], got {s.strength}")
+
+
+def _default_prior(s: RefineSettings, names):
+    if s.prior_weight <= 0 and s.prior_percentile is None:
+        return None
+    from .expression_prior import load_prior
+
+    prior = load_prior()
+    if tuple(prior.names) != tuple(names):
+        raise BadInput("the expression prior's channels do not match the capture's")
+    return prior
+
+
 def refine_capture(cap, frames, settings: RefineSettings | None = None, model=None,
-                   frame_subset=None, progress=None) -> RefineResult:
+                   frame_subset=None, progress=None, prior=None, head=None) -> RefineResult:
     """Refine a capture's expression on the frames of its video.
 
     Args:
-        cap: a Capture with ``expression`` in the open head model's ARKit basis.
+        cap: a Capture with ``expression`` in ARKit channels (the default backend).
         frames: iterator of (capture_index, rgb) -- e.g. ``video.iter_frames`` from the
             capture's first frame; only the needed frames are used.
+        model: the head model (default: the bundled ICT head), given the capture's identity.
         frame_subset: optional explicit capture frames to refine (keyframes); default every
             ``keyframe_step``-th valid frame.
+        prior: the real-expression prior (default: the bundled one, when the settings use
+            a prior).
+        head: a ready :class:`RefineHead` (else built from ``model`` and the capture).
     Returns RefineResult; frames without a face (invalid or interpolated) are skipped and
     listed in ``skipped``.
     """
     import torch
 
-    from . import emotion
     from .emotion_mlp import torch_threads
-    from .head_model import ARKIT_HEADS, OPEN_HEAD, bundled, load_head_model
 
     s = settings or RefineSettings()
-    if cap.meta.get("head_model") not in ARKIT_HEADS + ("", None) and model is None:
-        raise BadInput(f"emotion refinement supports captures in ARKit channels (the "
-                       f"mediapipe backend); this capture uses {cap.meta.get('head_model')!r}")
-    model = model or load_head_model(bundled(OPEN_HEAD))
-    names = tuple(cap.names.get("expression", ()))
-    if tuple(model.expression_names) != names:
-        raise BadInput("the capture's expression components do not match the head model's")
-    if not 0.0 <= s.strength <= 1.0:
-        raise BadInput(f"strength must be in [0, 1], got {s.strength}")
+    head = head or capture_head(cap, model)
+    _check(cap, s, head)
+    prior = prior if prior is not None else _default_prior(s, head.names)
     E = np.asarray(cap["expression"], np.float32)
     N = E.shape[0]
     measured = cap["valid"] & ~cap["interpolated"]
@@ -651,46 +826,23 @@ def refine_capture(cap, frames, settings: RefineSettings | None = None, model=No
             raise BadInput(f"refinement frames must be in 0..{N - 1}")
         want = fs[measured[fs]]
         skipped = fs[~measured[fs]].tolist()
-    free = free_components(names)
-    net = emotion.torch_model()
     results: list[FrameResult] = []
-    wanted = set(int(i) for i in want)
-    neutral = neutral_frame(cap, measured) if s.appearance == "neutral" else None
-    need = wanted | ({neutral} if neutral is not None else set())
-    # the texture's frames: the neutral one, else each refined frame itself
-    textured = {neutral} if neutral is not None else wanted
-    # one pass over the video keeps only the 64x64 crops the network reads, and the
-    # texture crops (same box, texture_size pixels)
-    crops: dict[int, np.ndarray] = {}
-    hi: dict[int, np.ndarray] = {}
-    for i, rgb in frames:
-        if i >= N or len(crops) == len(need):
-            break
-        if i in need:
-            box = emotion.crop_box(cap["landmarks2d"][i])
-            crops[i] = emotion.crop_gray(rgb, box)
-            if i in textured:
-                hi[i] = emotion.crop_gray(rgb, box, int(s.texture_size))
     with torch_threads(s.threads):
-        texture = None
-        if neutral is not None and neutral in crops:
-            nprob = FrameProblem(model, net, None, cap["landmarks2d"][neutral],
-                                 cap["head_rotation"][neutral], E[neutral], free, s,
-                                 crop=crops[neutral], crop_hi=hi.get(neutral))
-            t_img = torch.from_numpy(hi[neutral].astype(np.float32) / 255.0)
-            texture = (t_img, nprob.uv0 * (t_img.shape[0] / 64.0))
-        for i in sorted(wanted):
-            if i not in crops:
+        scene = CaptureScene(cap, frames, want, s, head, prior)
+        for i in sorted(int(i) for i in want):
+            if i not in scene.crops:
                 skipped.append(i)
                 continue
-            prob = FrameProblem(model, net, None, cap["landmarks2d"][i], cap["head_rotation"][i],
-                                E[i], free, s, crop=crops[i], texture=texture,
-                                crop_hi=hi.get(i))
+            prob = scene.problem(i, E[i])
             e1, d0, d1 = prob.solve()
+            m0 = m1 = float("nan")
+            if prior is not None:
+                m0, m1 = (float(prior.mahalanobis(x)) for x in (E[i], e1))
             results.append(FrameResult(int(i), e1, d0, d1, prob.lmk_err(prob.e0),
-                                       prob.lmk_err(torch.from_numpy(e1))))
+                                       prob.lmk_err(torch.from_numpy(e1)), m0, m1,
+                                       float(getattr(prob, "guard_scale", 1.0))))
             if progress is not None:
-                progress(len(results), len(wanted))
+                progress(len(results), len(want))
     out = E.copy()
     if results:
         kf = np.array([r.frame for r in results])
@@ -699,4 +851,50 @@ def refine_capture(cap, frames, settings: RefineSettings | None = None, model=No
         for j in range(E.shape[1]):
             full[:, j] = np.interp(np.arange(N), kf, delta[:, j])
         out = np.clip(E + s.strength * full * measured[:, None], 0.0, 1.0)
-    return RefineResult(out.astype(np.float32), results, sorted(set(skipped)), free)
+    return RefineResult(out.astype(np.float32), results, sorted(set(skipped)),
+                        free_components(head.names))
+
+
+def emotion_fidelity(cap, frames, curves: dict, frame_list, settings: RefineSettings | None = None,
+                     head=None, images_for=()) -> dict:
+    """The emotion network on the video crop and on renderings of expression curves.
+
+    Args:
+        curves: {name: (N,K) expression curves} (e.g. the capture's and the refined).
+        frame_list: the capture frames to compare (frames without a measured face skipped).
+    Returns {"frames": [...], "input_class": (n,), and per curve name: {"class": (n,),
+    "feat_dist": (n,)}} -- the class is the network's argmax (emotion.CLASS_NAMES) --
+    and "images": {frame: {"input": crop, name: rendering}} (64x64 in [0, 1]) for the
+    frames in ``images_for``.
+    """
+    from .emotion_mlp import torch_threads
+
+    s = settings or RefineSettings()
+    head = head or capture_head(cap)
+    _check(cap, s, head)
+    measured = cap["valid"] & ~cap["interpolated"]
+    fl = [int(i) for i in frame_list if 0 <= int(i) < len(measured) and measured[int(i)]]
+    out: dict = {"frames": [], "input_class": [], "images": {}}
+    out.update({k: {"class": [], "feat_dist": []} for k in curves})
+    with torch_threads(s.threads):
+        scene = CaptureScene(cap, frames, fl, s, head)
+        for i in fl:
+            if i not in scene.crops:
+                continue
+            prob = scene.problem(i, scene.E[i])
+            with __import__("torch").no_grad():
+                p_in, _ = scene.net(prob.to_net(prob.crop))
+            out["frames"].append(i)
+            out["input_class"].append(int(p_in.argmax()))
+            for k, C in curves.items():
+                p, f = prob.features(np.asarray(C[i], np.float32))
+                out[k]["class"].append(int(p.argmax()))
+                out[k]["feat_dist"].append(float((f - prob.f_in).norm()))
+                if i in images_for:
+                    im = out["images"].setdefault(i, {"input": prob.crop.numpy()})
+                    im[k] = prob.raster_image
+    for k in ("frames", "input_class"):
+        out[k] = np.asarray(out[k], int)
+    for k in curves:
+        out[k] = {kk: np.asarray(v) for kk, v in out[k].items()}
+    return out

@@ -3,7 +3,8 @@ the panel draws, and emotion retrieval (a pose-library helper: "jump to the fram
 feel like this one").
 
 * ``emoca.key_emotion``: one custom property per emotion class (``emotion_happy``...,
-  plus ``emotion_valence`` / ``emotion_arousal`` when the capture has them) on the actor
+  plus ``emotion_valence`` / ``emotion_arousal`` when the capture has them, and
+  ``emotion_refined``, the refinement's Strength on the frames it changed) on the actor
   rig (its armature, else its mesh), keyed once per captured frame as plain keyframes
   (data paths ``'["emotion_happy"]'`` on the object, in the object's own action: the
   rig's bone curves are kept).
@@ -27,6 +28,8 @@ from .ops_capture import capture_file_problem, capture_stem, capture_summary, lo
 
 PREFIX = "emotion_"
 ACTION_SUFFIX = "|emotion"
+REFINED_DESCRIPTION = ("Refine Expression (Emotion): its Strength on the frames whose "
+                       "expression it changed, 0 on the frames it left alone")
 
 
 # -- data: timeline and curves (no bpy state) ------------------------------------------------
@@ -125,17 +128,18 @@ def emotion_curves(cap) -> dict[str, "np.ndarray"]:
     if "emotion_probs" in cap:
         for j, c in enumerate(cap.names.get("emotion_probs", ())):
             out[PREFIX + str(c)] = np.asarray(cap["emotion_probs"][:, j], np.float64)
-    for k in ("valence", "arousal"):
-        if k in cap:
-            out[PREFIX + k] = np.asarray(cap[k], np.float64)
+    for k in ("valence", "arousal", "refined"):
+        if PREFIX + k in cap or k in cap:
+            out[PREFIX + k] = np.asarray(cap[k if k in cap else PREFIX + k], np.float64)
     return out
 
 
-def key_emotion_curves(obj, cap, frame_start: int = 1) -> list[str]:
+def key_emotion_curves(obj, cap, frame_start: int = 1, frames=None) -> list[str]:
     """Key the capture's emotion curves as custom properties of ``obj`` (one key per
-    captured frame). Curves already on the object (bones, transforms) are kept: the
-    emotion curves go into the action the object already uses, else into a new one.
-    Returns the property names keyed."""
+    captured frame, at ``frames``: default ``frame_start + i``; the rig's key frames for
+    another timing, ``rig_build.capture_key_frames``). Curves already on the object (bones,
+    transforms) are kept: the emotion curves go into the action the object already uses,
+    else into a new one. Returns the property names keyed."""
     import numpy as np
 
     from . import blender_anim
@@ -146,14 +150,17 @@ def key_emotion_curves(obj, cap, frame_start: int = 1) -> list[str]:
     bags = blender_anim.channelbags_of(obj)
     bag = bags[0] if bags else \
         blender_anim.ensure_action(obj, f"{obj.name}{ACTION_SUFFIX}")[1]
-    frames = frame_start + np.arange(cap.n_frames, dtype=np.float64)
+    if frames is None:
+        frames = frame_start + np.arange(cap.n_frames, dtype=np.float64)
     for name, vals in curves.items():
         ranged = not name.endswith(("valence", "arousal"))
         obj[name] = float(vals[0])
         ui = obj.id_properties_ui(name)
+        what = (REFINED_DESCRIPTION if name == PREFIX + "refined" else
+                f"Emotion curve from the capture: {name[len(PREFIX):]}"
+                + (" probability" if ranged else ""))
         ui.update(min=0.0 if ranged else -1.0, max=1.0, soft_min=0.0 if ranged else -1.0,
-                  soft_max=1.0, description=f"Emotion curve from the capture: "
-                  f"{name[len(PREFIX):]}" + (" probability" if ranged else ""))
+                  soft_max=1.0, description=what)
         blender_anim.write_fcurve(bag, f'["{name}"]', 0, frames, vals, group="Emotion")
     # new ID properties reach the evaluated copy (which animation writes) only when the
     # object is tagged; without it the keyed values never show

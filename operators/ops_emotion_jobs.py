@@ -5,7 +5,9 @@ Cancel and failure log (ops_capture.WorkerJobOperator; one worker job at a time)
   optimisation, ``python -m emoca_blender refine``) of the scene's capture, on every K-th
   measured frame with the change interpolated between, into ``<name>_refined.capture.npz``
   beside it; the refined capture becomes the scene's capture (build the rig or retarget
-  again to key it).
+  again to key it). What it touched is visible at once: timeline markers ``emotion S=0.50``
+  (the Strength) at the refined keyframes, and the ``emotion_refined`` custom property
+  (the Strength on the frames it changed, 0 elsewhere) keyed on the actor rig.
 * ``emoca.emotion_train``: the 3DMM emotion MLP trained on a labelled table of captures
   (``emotion-train``), written to the Emotion MLP file.
 * ``emoca.emotion_predict``: valence and arousal of every frame from that MLP, written into
@@ -21,7 +23,7 @@ from bpy.props import IntProperty
 
 from . import properties, worker
 from .ops_capture import (WorkerJobOperator, capture_file_problem, capture_stem,
-                          capture_summary, worker_problem)
+                          capture_summary, load_capture, worker_problem)
 
 OPEN_HEAD = "open_head"
 ARKIT_HEADS = ("ict_head", "open_head")   # head_model.ARKIT_HEADS (no core import at poll)
@@ -52,6 +54,33 @@ def _done_info(job) -> dict:
 
 def _scene_capture(context) -> str:
     return properties.abspath(context.scene.emoca.capture_path)
+
+
+MARKER_PREFIX = "emotion S="
+
+
+def mark_refined(context, keyframes, strength: float) -> str | None:
+    """Show what the refinement touched: timeline markers ``emotion S=<Strength>`` at the
+    refined keyframes (earlier ones replaced) and, when the actor rig exists, the scene
+    capture's ``emotion_refined`` flag keyed on it. Returns the object keyed, if any."""
+    from .ops_emotion import PREFIX, emotion_target, key_emotion_curves
+
+    scene = context.scene
+    for m in [m for m in scene.timeline_markers if m.name.startswith(MARKER_PREFIX)]:
+        scene.timeline_markers.remove(m)
+    start = scene.emoca.frame_start
+    for f in keyframes:
+        scene.timeline_markers.new(f"{MARKER_PREFIX}{strength:.2f}", frame=start + int(f))
+    obj = emotion_target(context)
+    if obj is None or obj.type not in {'ARMATURE', 'MESH'}:
+        return None
+    try:
+        cap = load_capture(context)
+    except Exception:  # noqa: BLE001 - the markers stay; the flag is keyed with Key Emotion
+        return None
+    if not key_emotion_curves(obj, cap, start, only=(PREFIX + "refined",)):
+        return None
+    return obj.name
 
 
 class EMOCA_OT_emotion_refine(WorkerJobOperator, bpy.types.Operator):
@@ -98,6 +127,7 @@ class EMOCA_OT_emotion_refine(WorkerJobOperator, bpy.types.Operator):
         context.scene.emoca.capture_path = str(job.output)
         info = _done_info(job)
         name = os.path.basename(str(job.output))
+        mark_refined(context, info.get("keyframes") or [], float(info.get("strength", 1.0)))
         if not info.get("frames"):
             return f"Wrote {name}: nothing refined (no keyframe with a face)"
         return (f"Refined {info['frames']} keyframes into {name}: emotion distance "

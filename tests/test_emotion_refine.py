@@ -70,7 +70,8 @@ def test_refine_skips_faceless_frames_and_interpolates(demo_clip, tmp_path):
                       cache_dir=None).capture
     cap.arrays["valid"] = cap["valid"].copy()
     cap.arrays["valid"][20] = False                       # pretend no face there
-    s = R.RefineSettings(iterations=6, strength=0.5, landmark_weight=0.0)   # Eq. 1 as written
+    s = R.RefineSettings(iterations=6, strength=0.5, landmark_weight=0.0,   # Eq. 1 as written
+                         prior_weight=0.0)
     res = R.refine_capture(cap, video.iter_frames(demo_clip, 0, 40), s,
                            frame_subset=[10, 20, 30])
     assert res.skipped == [20]
@@ -172,34 +173,47 @@ def test_render_warp_z_buffer():
     assert float(img2[25, 32]) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_hole_caps_close_the_open_head_models_mouth_and_eyes():
-    """The rendering must not show the input through the mesh: every inner boundary loop
-    (mouth, eye openings, iris rims) is capped, the outer outline is not."""
-    import numpy as np
+def test_refine_head_draws_the_ict_heads_parts():
+    """The refinement's head: the ICT head's face and head textured, its mouth socket,
+    gums and tongue, teeth, eye sockets and eyeballs (iris darker than sclera) in plain
+    shades, the lashes left out; the actor's identity moves the vertices."""
+    from emoca_blender.head_model import fit_identity, ict_head
 
-    from emoca_blender.emotion_refine import hole_caps
-    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
-    from emoca_blender.mediapipe_topology import LIPS_INNER_UPPER, RIGHT_EYE
+    model = ict_head()
+    h = R.refine_head(model)
+    parts = list(model.part_names)
+    vp = np.asarray(model.vertex_part)
+    fpart = np.array(parts)[vp[h.faces[:, 0]]]
+    assert "eyelashes" not in set(fpart)
+    assert len(h.faces) == int((np.array(parts)[vp[model.faces[:, 0]]] != "eyelashes").sum())
+    assert np.isnan(h.shade[np.isin(fpart, ("face", "head"))]).all()
+    for part in ("mouth_socket", "gums_tongue", "teeth", "eye_socket"):
+        assert np.allclose(h.shade[fpart == part], R.PLAIN_SHADES[part])
+    eye = h.shade[fpart == "eyeball_left"]
+    iris = (eye == R.PLAIN_SHADES["iris"]).sum()
+    assert 0.05 * len(eye) < iris < 0.5 * len(eye)             # a disc, not the whole ball
+    assert h.shade[fpart == "teeth"][0] > 1.0 > h.shade[fpart == "mouth_socket"][0]
+    assert h.lmk_tri.shape == (468, 3)
+    # the identity is applied; the one fitted to another identity's landmarks moves the mesh
+    # towards it
+    beta = np.zeros(50)
+    beta[:3] = (1.5, -1.0, 0.8)
+    V = model.v_template + np.tensordot(beta, model.shape_basis, axes=1)
+    np.testing.assert_allclose(R.refine_head(model, beta).vertices, V, atol=1e-6)
+    fitted = fit_identity(model, model.landmarks(V))
+    assert np.sign(fitted[:3]).tolist() == [1, -1, 1]
+    hi = R.refine_head(model, fitted)
+    assert np.abs(hi.vertices - h.vertices).max() > 1e-3
 
-    f = np.asarray(load_head_model(bundled(OPEN_HEAD)).faces, np.int64)
-    caps = hole_caps(f)
-    closed = np.concatenate([f, caps])
-    edges = np.sort(np.concatenate([closed[:, [0, 1]], closed[:, [1, 2]], closed[:, [2, 0]]]), 1)
-    uniq, count = np.unique(edges, axis=0, return_counts=True)
-    open_edges = uniq[count == 1]
-    on_open = set(open_edges.ravel().tolist())
-    assert not on_open & set(LIPS_INNER_UPPER) and not on_open & set(RIGHT_EYE)
-    assert len(open_edges) == 36                     # only the face's outline is left open
-    assert set(caps.ravel().tolist()) >= set(LIPS_INNER_UPPER)
 
+def _ict_problem(**kw):
+    """A FrameProblem on the ICT head at rest, seen frontally in a synthetic image, with a
+    stand-in for the emotion network (mean and spread of the crop)."""
+    from emoca_blender.head_model import ict_head
 
-def _open_head_problem(**kw):
-    """A FrameProblem on the open head model at rest, seen frontally in a synthetic image,
-    with a stand-in for the emotion network (mean and spread of the crop)."""
-    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
-
-    model = load_head_model(bundled(OPEN_HEAD))
-    L = model.v_template[np.asarray(model.landmark_vertices)]
+    model = ict_head()
+    head = R.refine_head(model)
+    L = model.landmarks(model.v_template)
     scale = 120.0 / float(np.ptp(L[:, 0]))
     lmk2d = np.stack([L[:, 0] * scale + 128, -L[:, 1] * scale + 128], 1)
     rng = np.random.default_rng(0)
@@ -210,35 +224,49 @@ def _open_head_problem(**kw):
 
     K = len(model.expression_names)
     free = R.free_components(model.expression_names)
-    return R.FrameProblem(model, net, rgb, lmk2d, np.zeros(3), np.zeros(K), free,
+    return R.FrameProblem(head, net, rgb, lmk2d, np.zeros(3), np.zeros(K), free,
                           R.RefineSettings(**kw)), model
 
 
-def test_caps_are_drawn_behind_the_mesh():
-    """The hole caps get their own vertices behind the mesh: wherever a triangle of the
-    open mesh covers a sub-pixel, a mesh triangle (never a cap) is visible there."""
-    p, model = _open_head_problem()
-    n_open = len(model.faces)
-    assert p.cap_src is not None and p.faces.shape[0] > n_open
-    assert int(p.faces[n_open:].min()) >= model.v_template.shape[0]   # own vertices
-    e = p.e0.clone()
-    e[np.flatnonzero(np.array(model.expression_names) == "mouthSmileLeft")[0]] = 0.8
+def _wide(p, model):
+    names = list(model.expression_names)
+    wide = p.e0.clone()
+    for n, w in (("jawOpen", 1.0), ("mouthStretchLeft", 1.0), ("mouthStretchRight", 1.0),
+                 ("eyeWideLeft", 1.0), ("eyeWideRight", 1.0)):
+        wide[names.index(n)] = w
+    return wide
+
+
+def test_the_head_has_no_see_through_pixel_and_shows_its_mouth():
+    """The input crop shows through nowhere inside the head's outline: the rendered
+    coverage has no hole, at rest and with the mouth and eyes wide open; with the jaw open
+    the mouth shows the plain teeth, gums and tongue or socket (not the texture, not the
+    input), and the eyes show the eyeballs. (An earlier open head had holes at the mouth and
+    eyes, and a candidate-limited rasterizer missed their caps: the input's own teeth
+    showed through.)"""
+    from scipy.ndimage import binary_fill_holes
+
+    p, model = _ict_problem()
+    plain = {}
+    for tag, e in (("rest", p.e0), ("wide", _wide(p, model))):
+        with torch.no_grad():
+            p.render(e, refresh=True)
+        fmap = p.raster[0]
+        cov = (fmap >= 0).reshape(128, 128).numpy()
+        assert cov.sum() > 4000
+        assert (binary_fill_holes(cov) == cov).all(), tag
+        sh = p.head.shade[np.maximum(fmap.numpy(), 0)]
+        plain[tag] = (fmap.numpy() >= 0) & ~np.isnan(sh)
+        eyes = np.isin(sh, (R.PLAIN_SHADES["eyeball"], R.PLAIN_SHADES["iris"]))
+        assert eyes.sum() > 20, tag
+    # the open mouth adds plain mouth parts: teeth, gums and tongue, socket
+    assert plain["wide"].sum() > plain["rest"].sum() + 100
     with torch.no_grad():
-        p.render(e, refresh=True)
-        C = p.camera_points(e)
-        uv = p.to_crop(p.project(C))
-        zs = C[:, 2] * p.cam[0] * (64.0 / p.box[2])
-        fo = p.faces[:n_open]
-        open_map, _ = R.rasterize(uv, zs, fo, 64, 2)
-    fmap = p.raster[0]
-    assert (fmap[open_map >= 0] < n_open).all()     # no cap over the mesh
-    assert (fmap >= n_open).any()                  # the caps do show, through the holes
-    # in place (the caps on the rims' own vertices), the mouth's fan overlaps the lips
-    p0, _ = _open_head_problem(caps_behind=0.0)
-    assert p0.cap_src is None and int(p0.faces[n_open:].max()) < model.v_template.shape[0]
-    with torch.no_grad():
-        p0.render(e, refresh=True)
-    assert (p0.raster[0][open_map >= 0] >= n_open).sum() > 10
+        img = p.render(_wide(p, model), refresh=True)
+    sh = torch.from_numpy(p.head.shade.astype(np.float32))[p.raster[0].clamp(min=0)]
+    teeth = (p.raster[0] >= 0) & (sh == np.float32(R.PLAIN_SHADES["teeth"]))
+    assert int(teeth.sum()) > 10
+    assert torch.isfinite(img).all()
 
 
 def _brute_force_raster(v2, z, faces, size, ss, eps=1e-4):
@@ -293,32 +321,8 @@ def test_rasterize_is_exact_for_any_triangle_size():
     assert differ.sum() <= 2 and np.allclose(zf[fmap.numpy()[differ]], zf[ref[differ]], atol=5)
 
 
-def test_the_capped_head_has_no_see_through_pixel():
-    """With the holes capped, the input crop shows through nowhere inside the face's
-    outline: the rendered coverage has no hole, at rest and with the mouth and eyes wide
-    open. (Testing only the 16 triangles with the nearest centroids per pixel, as an
-    earlier rasterizer did, missed the mouth cap's large triangles on dozens of
-    sub-pixels, and the input's own teeth showed through the rendering.)"""
-    from scipy.ndimage import binary_fill_holes
-
-    p, model = _open_head_problem()
-    names = list(model.expression_names)
-    wide = p.e0.clone()
-    for n, w in (("jawOpen", 1.0), ("mouthStretchLeft", 1.0), ("mouthStretchRight", 1.0),
-                 ("eyeWideLeft", 1.0), ("eyeWideRight", 1.0)):
-        wide[names.index(n)] = w
-    for e in (p.e0, wide):
-        with torch.no_grad():
-            p.render(e, refresh=True)
-        cov = (p.raster[0] >= 0).reshape(128, 128).numpy()
-        assert cov.sum() > 2000
-        assert (binary_fill_holes(cov) == cov).all()
-    caps = p.raster[0] >= model.faces.shape[0]
-    assert int(caps.sum()) > 50                       # the mouth cap fills the open mouth
-
-
 def test_solve_never_returns_worse_than_the_capture_under_fresh_losses():
-    p, _ = _open_head_problem(iterations=12, second_lr=None)
+    p, _ = _ict_problem(iterations=12, second_lr=None)
     e1, d0, d1 = p.solve()
     assert np.isfinite(e1).all() and (e1 >= 0).all() and (e1 <= 1).all()
     with torch.no_grad():
@@ -337,12 +341,12 @@ def test_solve_never_returns_worse_than_the_capture_under_fresh_losses():
 _TARGET = (("mouthSmileLeft", 0.7), ("mouthSmileRight", 0.7), ("browInnerUp", 0.6))
 
 
-def _known_answer_problem(target=_TARGET, **kw):
-    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
+def _known_answer_problem(target=_TARGET, prior=None, **kw):
+    from emoca_blender.head_model import ict_head
 
-    model = load_head_model(bundled(OPEN_HEAD))
+    model = ict_head()
     names = list(model.expression_names)
-    L = model.v_template[np.asarray(model.landmark_vertices)]
+    L = model.landmarks(model.v_template)
     scale = 120.0 / float(np.ptp(L[:, 0]))
     lmk2d = np.stack([L[:, 0] * scale + 128, -L[:, 1] * scale + 128], 1)
     g = torch.Generator().manual_seed(0)
@@ -357,7 +361,7 @@ def _known_answer_problem(target=_TARGET, **kw):
 
     K = len(names)
     p = R.FrameProblem(model, net, rgb, lmk2d, np.zeros(3), np.zeros(K),
-                       R.free_components(names), R.RefineSettings(**kw))
+                       R.free_components(names), R.RefineSettings(**kw), prior=prior)
     e_star = np.zeros(K, np.float32)
     for n, w in target:
         e_star[names.index(n)] = w
@@ -391,14 +395,14 @@ def test_refinement_lowers_eq1_measured_independently():
 
 def test_the_emotion_term_drives_the_refinement():
     """The emotion term is what moves the expression: with the input's features those of
-    the target expression, the smile and brow components go more than half way towards
-    it; with the input's features those of the capture itself (nothing to gain), the
+    the target expression, the smile and brow components go more than a third of the way
+    towards it; with the input's features those of the capture itself (nothing to gain), the
     result is the capture."""
     p, names, e_star, eq1 = _known_answer_problem(iterations=40, second_lr=None,
                                                   landmark_weight=0.0)
     e1, _, _ = p.solve()
     for n, w in _TARGET:
-        assert e1[names.index(n)] > 0.5 * w, (n, e1[names.index(n)])
+        assert e1[names.index(n)] > w / 3, (n, e1[names.index(n)])
     same, _, _, _ = _known_answer_problem(target=(), iterations=40, second_lr=None,
                                           landmark_weight=0.0)
     e_same, d0, _ = same.solve()
@@ -415,3 +419,88 @@ def test_default_refinement_uses_its_result():
     reg = 1e-3 * float((e1 ** 2).sum())
     assert eq1(e1) - reg < 0.9 * (eq1(p.e0.numpy())), (eq1(e1) - reg, d0)
     assert np.abs(e1 - p.e0.numpy()).max() > 0.05
+
+
+# -- the real-expression prior (issue 16) ----------------------------------------------------
+
+def test_prior_fit_mahalanobis_and_percentiles():
+    """A Gaussian fit to correlated synthetic takes: a vector along the data's correlation
+    is nearer (Mahalanobis) than one of the same size against it; the percentiles of the
+    training frames' own distances are uniform; each take weighs the same."""
+    from emoca_blender.expression_prior import fit_prior
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 1))
+    X = np.clip(0.3 + 0.15 * np.hstack([z, z, -z]) + 0.02 * rng.normal(size=(4000, 3)), 0, 1)
+    p = fit_prior([("a", X[:2000]), ("b", X[2000:])], ("x", "y", "w"))
+    along = p.mean + np.array([0.15, 0.15, -0.15])
+    against = p.mean + np.array([0.15, -0.15, 0.15])
+    assert p.mahalanobis(along) < 1.5 < 5 < p.mahalanobis(against)
+    d = p.mahalanobis(X)
+    assert abs(float((p.percentile(d) <= 50).mean()) - 0.5) < 0.02
+    assert abs(float((p.percentile(d) <= 99).mean()) - 0.99) < 0.005
+    assert p.radius(99) == pytest.approx(np.quantile(d, 0.99), rel=0.02)
+    # a short take weighs as much as a long one: the mean moves half way to it
+    q = fit_prior([("a", X), ("c", np.full((10, 3), 0.9))], ("x", "y", "w"))
+    assert q.mean[0] == pytest.approx((X[:, 0].mean() + 0.9) / 2, abs=1e-6)
+    # a change along the correlation is cheaper than one against it
+    P = p.change_precision(np.array([True, True, True]))
+    dd = np.array([0.1, 0.1, -0.1]), np.array([0.1, -0.1, 0.1])
+    assert dd[0] @ P @ dd[0] < 0.05 * (dd[1] @ P @ dd[1])
+
+
+def test_bundled_prior_knows_real_expressions():
+    """The bundled prior (tools/build_arkit_prior.py, 14 takes): ARKit names, a smile on
+    both sides is a common change, a one-sided cheekPuff with a nose sneer (the old
+    refinement's edits) beyond the 99th percentile of the real frames."""
+    from emoca_blender.arkit import ARKIT_NAMES
+    from emoca_blender.expression_prior import load_prior
+
+    p = load_prior()
+    assert p.names == ARKIT_NAMES and p.frames > 3000 and len(p.sources) >= 10
+    names = list(ARKIT_NAMES)
+    smile = np.zeros(52)
+    smile[[names.index("mouthSmileLeft"), names.index("mouthSmileRight")]] = 0.5
+    odd = np.zeros(52)
+    odd[[names.index("cheekPuff"), names.index("noseSneerLeft")]] = 0.5
+    P = p.change_precision(np.ones(52, bool))
+    assert np.sqrt(smile @ P @ smile) < 0.3 * np.sqrt(odd @ P @ odd)
+    assert p.radius(50) < p.radius(99) < p.mahalanobis(p.mean + odd)
+    assert p.percentile(p.mahalanobis(p.mean + odd)) > 99.0
+
+
+def test_prior_guard_keeps_the_result_within_the_percentile():
+    """The guard: a result beyond the prior's 99th percentile is moved back along the
+    change, to that radius; a plausible result is kept as it is."""
+    from emoca_blender.expression_prior import load_prior
+
+    prior = load_prior()
+    p, names, e_star, eq1 = _known_answer_problem(prior=prior, iterations=2)
+    odd = p.e0.clone()
+    odd[names.index("cheekPuff")] = 1.0
+    odd[names.index("noseSneerLeft")] = 1.0
+    assert prior.percentile(prior.mahalanobis(odd.numpy())) > 99
+    g = p._guard(odd)
+    m = float(prior.mahalanobis(g.numpy()))
+    assert m == pytest.approx(prior.radius(99), rel=1e-3) and 0 < p.guard_scale < 1
+    ok = p.e0.clone()
+    ok[names.index("mouthSmileLeft")] = 0.2
+    assert torch.equal(p._guard(ok), ok)
+
+
+def test_the_prior_term_makes_the_change_plausible():
+    """With the prior term, the known-answer refinement's change is shorter under the
+    prior (Mahalanobis) than without it, and Eq. 1's distance still falls."""
+    from emoca_blender.expression_prior import load_prior
+
+    prior = load_prior()
+    out = {}
+    for w in (0.0, 0.5):
+        p, names, e_star, eq1 = _known_answer_problem(
+            prior=prior, iterations=30, second_lr=None, landmark_weight=0.0, prior_weight=w,
+            prior_percentile=None)
+        e1, d0, d1 = p.solve()
+        assert d1 < d0
+        d = (e1 - p.e0.numpy())[p.free.numpy()]
+        out[w] = float(np.sqrt(d @ prior.change_precision(p.free.numpy()) @ d))
+    assert out[0.5] < 0.7 * out[0.0], out
