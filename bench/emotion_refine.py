@@ -98,9 +98,9 @@ def judge_clip(clip: Path, cap, prior, images: dict | None) -> tuple[list[dict],
     pct = [float(prior.percentile(f.mahal_after)) for f in res.frames]
     pct0 = [float(prior.percentile(f.mahal_before)) for f in res.frames]
     rows.append(common.row(B, name, "prior percentile per keyframe, capture",
-                           " ".join(f"{p:.0f}" for p in pct0), "%"))
+                           " ".join(f"{p:.1f}" for p in pct0), "%"))
     rows.append(common.row(B, name, "prior percentile per keyframe, refined",
-                           " ".join(f"{p:.0f}" for p in pct), "%", "each <= 99",
+                           " ".join(f"{p:.1f}" for p in pct), "%", "each <= 99",
                            bool(pct) and max(pct) <= 99.0))
     guarded = sum(f.guard_scale < 1.0 for f in res.frames)
     rows.append(common.row(B, name, "keyframes cut back by the prior guard",

@@ -1,79 +1,78 @@
-"""Emotion-consistent expression (EMOCA supplementary, "emotion optimization", Eq. 1).
+"""Emotion-consistent expression (EMOCA supplementary, "emotion optimization", Eq. 1), on
+the ICT head, with a prior over real expressions.
 
-For a frame with input face crop I and captured expression e0, find::
+For a frame with input face crop I and captured ARKit expression e0, find::
 
-    e* = argmin_e || A(render(e)) - A(I) ||_2 + 1e-3 ||e||^2
+    e* = argmin_e || A(render(e)) - A(I) ||_2 + 1e-3 ||e||^2          (Eq. 1)
+                  + 0.5 * mean_l || P(e)_l - x_l ||                    (landmark term)
+                  + w * sqrt(d^T S^-1 d),  d = (e - e0) on the free channels   (prior term)
 
 by gradient descent (Adam) from e0, where A is the emotion network's feature
-(:mod:`emotion`, the penultimate activation) and ``render`` is a differentiable renderer
-of the head model producing the 64x64 grayscale face crop the network reads. Only the
-expression changes: the head pose, the camera and the jaw stay as captured (for the open
-head model's ARKit basis the jaw* components are the jaw and the eyeLook* components the
-gaze; tongueOut is held too, as the model has no tongue).
+(:mod:`emotion`, the penultimate activation) and ``render`` a differentiable renderer of the
+head producing the 64x64 grayscale face crop the network reads. Only the expression
+changes: head pose, camera, jaw*, eyeLook* (the gaze) and tongueOut stay as captured (39
+free channels).
 
-Deviation from Eq. 1 as written (on by default, ``landmark_weight=0`` turns it off): a
-landmark consistency term ``w * mean_l ||P(e)_l - x_l||`` (the head model's landmarks
-projected by the frame's camera against the captured 2-D landmarks, in crop pixels,
-w = 0.5) is added, so that the emotion is fitted without drifting from the face's geometry
-(EMOCA trains with landmark losses beside its emotion loss; the supplementary's test-time
-optimisation lists only the emotion and regularisation terms).
+What is added to Eq. 1, exactly:
 
-Renderer (plain torch, no pytorch3d), in the same 64x64 grayscale crop box the emotion
-network reads for the input (the box from the frame's captured landmarks,
-:func:`emotion.crop_box`), drawn over the input crop itself (hair, background and neck are
-then identical and the distance measures the face). The camera is weak-perspective: the
-captured head rotation, with scale and image offset fitted to the captured 2-D landmarks.
+* the landmark term (``landmark_weight`` = 0.5; 0 turns it off): the mean distance of the
+  head's 468 MediaPipe landmarks (the ICT head's embedding), projected by the frame's
+  camera, to the captured 2-D landmarks, in crop pixels;
+* the prior term (``prior_weight`` w = 0.02; 0 turns it off): the Mahalanobis length of the
+  change of the free channels under the real-expression prior
+  (:mod:`expression_prior`: a Gaussian over 52-channel ARKit vectors of 14 real takes,
+  ``bundled_models/arkit_prior.npz``; S is its covariance restricted to the free channels).
+  A change along the way real faces move together (both smile corners, cheeks with the
+  smile) costs little, a change real faces never make (cheekPuff with noseSneer) a lot;
+* a guard (``prior_percentile`` = 99; None turns it off): a result whose Mahalanobis
+  distance under the prior exceeds the 99th percentile of the prior's real frames (or the
+  capture's own distance, if that is larger) is moved back along its change to that
+  radius; a guarded result worse than the capture under the full loss is replaced by the
+  capture.
+
+Renderer (plain torch, no pytorch3d): the bundled ICT FaceKit head (:func:`refine_head`)
+with the actor's identity (:func:`head_model.fit_identity` to the capture's
+``neutral_landmarks``, as the rig is built), driven by its 52 sculpted ARKit shapes. The
+face and head are textured with the actor's *neutral* frame (the capture's calibration
+neutral, projected through the head at that frame's expression and pose, so the rendering
+carries emotion only through the expression's geometry, never by copying the refined
+frame's pixels); the parts no frame shows -- mouth socket, gums and tongue, teeth, eye
+sockets, eyeballs with a dark iris disc -- get plain gray levels relative to the actor's
+skin (the neutral texture's median over the face), the luminance ratios of the rig's own
+part colours (:data:`PLAIN_SHADES`); the lashes are left out. The head is closed (the
+mouth socket behind the lips, the eyeballs behind the lids), so the input crop never shows
+through it: a test checks that the coverage has no hole at rest and with mouth and eyes
+wide open. It is drawn over the input crop in the 64x64 box the network reads
+(:func:`emotion.crop_box`, so hair, background and neck are the input's), with a
+weak-perspective camera: the captured head rotation, scale and offset fitted to the
+captured landmarks.
 
 * ``renderer="warp"`` (the default, :func:`render_warp`): hard visibility from an exact
   rasterizer (:func:`rasterize`: every triangle against the sub-pixels of its bounding box,
   the covering triangle nearest the viewer wins; no gradient) and a differentiable texture
   warp (the sub-pixel's barycentric coordinates in its triangle, differentiable in the
-  vertices, interpolate texture coordinates; the texture is sampled bilinearly), 2x2
-  supersampled and box-filtered to 64x64 as ``cv2.INTER_AREA`` makes the input crop. The
-  texture is a 256x256 crop, so the rendering is as sharp as the input. Gradients reach
-  the expression through the interior of the face (moving a vertex moves the texture under
-  the pixels); the mesh's outline against the background has none.
-* ``renderer="soft"`` (:func:`render`): a soft rasterizer (SoftRas-style: per-triangle
-  sigmoid coverage of the signed distance to the triangle's edges, a soft z-buffer, alpha =
-  the summed coverage, clamped to 1), directly at 64x64. Blurry at that size: rendered with
-  the frame's own crop as texture at the captured expression, its feature distance to the
-  input is 1.5-2.2 (the warp's: 0.06-0.13), about the size of the feature itself.
-
-Appearance (``appearance="neutral"``, the default): the face is textured with the actor's
-*neutral* frame (the capture's calibration neutral), mapped through the head model at that
-frame's expression and pose, so the rendering carries emotion only through the expression's
-geometry, never by copying the refined frame's pixels; ``"frame"``: the refined frame
-itself (as the texture for ``warp``; as per-vertex gray levels sampled at the captured
-expression for ``soft``). The mesh's holes (the mouth opening, the eye openings around the
-iris discs) are capped (:func:`hole_caps`: a fan over each inner boundary loop, textured
-like the rest) and, for the warp renderer, the caps get their own vertices drawn behind
-the mesh (``caps_behind``), so a cap shows only through its hole (in place, the fan over
-the non-convex mouth rim overlapped the lips). No pixel of the refined frame shows through
-the face: a test checks that the capped head's coverage has no hole. (Two leaks were found
-and closed: the uncapped holes, and a rasterizer that tested only the 16 triangles with
-the nearest centroids per pixel and so missed the caps' large triangles; each had let the
-input's own teeth show through the mouth and inflated the measured drop. The history is in
-docs/emotion_refine.md.)
+  vertices, interpolate texture coordinates; the texture, a 256x256 crop of the neutral
+  frame, is sampled bilinearly; plain parts take their gray level), 2x2 supersampled and
+  box-filtered to 64x64 as ``cv2.INTER_AREA`` makes the input crop. Gradients reach the
+  expression through the textured interior of the face; outlines and plain parts have none.
+  About 25 ms per rendering of the 48,836 triangles on one core.
+* ``renderer="soft"`` (:func:`render`): a soft rasterizer (SoftRas-style) with per-vertex
+  gray levels; blurry at 64x64, kept for comparison.
 
 Optimiser: Adam from e0, twice -- 120 iterations at learning rate 0.05, and 60 at 0.1
-(``second_lr``; None: one run) -- keeping the better result; the free components are
-clamped to [0, 1] after each step (a projection: a component at a bound leaves it as soon
-as its gradient turns, where a sigmoid parameterisation would flatten the gradient near
-the bounds). The raster is made afresh at every step (4-5 ms): with a raster reused
-between refreshes (10 steps, before the exact rasterizer), the loss was measured on a
-stale raster (the warp extrapolated), which the optimiser learned to exploit. The best
+(``second_lr``; None: one run) -- keeping the better result; the free channels are
+clamped to [0, 1] after each step; the raster is made afresh at every step; the best
 iterate by the full loss is kept, and a result worse than the capture under the full loss
-is replaced by the capture. The landscape is rough
-(hard visibility: a lip edge crossing a sub-pixel of the mouth cap moves the distance by
-0.1-0.2 in one small step), so Adam's coarse steps and keeping the best iterate matter.
+is replaced by the capture. The landscape is rough (hard visibility), so Adam's coarse
+steps and keeping the best iterate matter.
 
-Measured (``python bench/emotion_refine.py``, 3 keyframes in the middle third of each MEAD
-clip; figures in docs/bench.md; what was tried and measured on the way, with the renderer
-each figure came from, in docs/emotion_refine.md): the feature distance falls by about
-38% (angry), 24% (neutral), 27% (surprised) and 23% (happy), against a 30% target met on
-one clip; the landmark error moves by -4% to +11%. What limits it: the head model has no
-teeth and no mouth interior and the jaw is held as captured, while the happy and surprised
-inputs show teeth in an open mouth.
+:func:`emotion_fidelity` compares the network's class and feature on the video crop with
+those on renderings of expression curves (the capture's, the refined), frame by frame.
+
+Measured (``python bench/emotion_refine.py``; figures and what they mean in
+docs/emotion_refine.md and docs/bench.md): with plausible edits the feature distance falls
+far less than the unconstrained optimum reached, and the 30% target is not met on most
+MEAD clips; the refined keyframes stay within the prior's 99th percentile.
 
 Options: per frame or on keyframes (every k-th valid frame, the change interpolated
 between); ``strength`` scales the change (0 = the capture, 1 = the optimum). Off by
@@ -89,8 +88,8 @@ from .errors import BadInput
 
 REG = 1e-3
 # held as captured: the jaw and the gaze (Eq. 1 optimises the expression only), and the
-# tongue, which the head model does not have (its tongueOut shape only moves the lips, so
-# the optimiser used it as a spare lip control: +1.0 on several MEAD keyframes)
+# tongue (the ICT head has no tongueOut shape; on the earlier open head the optimiser used
+# it as a spare lip control)
 FIXED_ARKIT_PREFIXES = ("jaw", "eyeLook", "tongue")
 
 

@@ -134,17 +134,18 @@ def emotion_curves(cap) -> dict[str, "np.ndarray"]:
     return out
 
 
-def key_emotion_curves(obj, cap, frame_start: int = 1, frames=None) -> list[str]:
+def key_emotion_curves(obj, cap, frame_start: int = 1, frames=None, only=None) -> list[str]:
     """Key the capture's emotion curves as custom properties of ``obj`` (one key per
     captured frame, at ``frames``: default ``frame_start + i``; the rig's key frames for
     another timing, ``rig_build.capture_key_frames``). Curves already on the object (bones,
     transforms) are kept: the emotion curves go into the action the object already uses,
-    else into a new one. Returns the property names keyed."""
+    else into a new one. ``only``: key just these property names. Returns the property
+    names keyed."""
     import numpy as np
 
     from . import blender_anim
 
-    curves = emotion_curves(cap)
+    curves = {k: v for k, v in emotion_curves(cap).items() if only is None or k in only}
     if not curves:
         return []
     bags = blender_anim.channelbags_of(obj)

@@ -270,6 +270,9 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
                              settings=c.meta["emotion_refine"]["settings"],
                              frames=c.meta["emotion_refine"]["summary"]["frames"],
                              changed=float(np.abs(c["expression"] - c0["expression"]).max()),
+                             flag=np.asarray(c["emotion_refined"]).tolist(),
+                             keyframes=c.meta["emotion_refine"]["summary"]["keyframes"],
+                             markers=sorted((m.frame, m.name) for m in scene.timeline_markers),
                              panel=panel())
 
         table = os.path.join(os.getcwd(), "table.csv")
@@ -297,6 +300,21 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
         out["keyed"] = dict(rig=sorted(r_rig), key=sorted(r_key),
                             valence=[v.tolist() for k, (f, v) in curves.items()
                                      if k[0] == '["emotion_valence"]'])
+        # what the refinement touched, keyed on the rig: at once after the job (as its
+        # _done does, here with the rig built), and by Key Emotion Curves
+        props.capture_path = refined
+        JB = importlib.import_module(MOD + ".operators.ops_emotion_jobs")
+        keyed_on = JB.mark_refined(bpy.context, [0, 30], 0.5)
+        fl = ba.read_fcurves(arm).get(('["emotion_refined"]', 0))
+        out["flag"] = dict(on=keyed_on, arm=arm.name,
+                           frames=fl[0].tolist() if fl else None,
+                           values=fl[1].tolist() if fl else None,
+                           markers=sorted((m.frame, m.name) for m in scene.timeline_markers),
+                           start=props.frame_start,
+                           key=sorted(bpy.ops.emoca.key_emotion()),
+                           desc=arm.id_properties_ui("emotion_refined").as_dict().get(
+                               "description", ""))
+        props.capture_path = sys.argv[3]
 
         # an MLP trained on other inputs: the worker's reason, the capture untouched
         with open(sys.argv[3], "rb") as f:
@@ -329,6 +347,10 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
     assert rf["settings"]["keyframe_step"] == 30 and rf["settings"]["strength"] == 0.5
     assert rf["settings"]["iterations"] == 4 and rf["frames"] >= 2
     assert rf["changed"] > 1e-4                       # the expression did change
+    # the frames it touched: the flag holds the Strength there, markers at the keyframes
+    flag = np.array(rf["flag"])
+    assert set(np.round(flag, 6)) <= {0.0, 0.5} and (flag == 0.5).sum() >= 2
+    assert rf["markers"] == [[1 + f, "emotion S=0.50"] for f in rf["keyframes"]]
     assert rf["status"].startswith("Refined ") and "actor_refined" in rf["status"]
     assert any(t.startswith("Refined ") for t in
                [c[1] for c in rf["panel"] if c[0] == "label"])
@@ -345,6 +367,14 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
     k = res["keyed"]
     assert k["key"] == ["FINISHED"] and len(k["valence"]) == 1
     assert np.allclose(np.array(k["valence"][0])[valid], v[valid], atol=1e-5)
+
+    fk = res["flag"]
+    assert fk["on"] == fk["arm"] and fk["frames"] is not None, fk
+    assert fk["key"] == ["FINISHED"] and "Strength" in fk["desc"]
+    assert np.allclose(fk["values"], flag, atol=1e-6)
+    assert fk["frames"][0] == fk["start"] and len(fk["frames"]) == len(flag)
+    assert fk["markers"] == [[fk["start"], "emotion S=0.50"], [fk["start"] + 30,
+                                                                "emotion S=0.50"]]
 
     b = res["bad"]
     assert b["result"] == ["RAISED"] and "Prediction failed" in b["raised"], b
