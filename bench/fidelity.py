@@ -29,6 +29,14 @@ expression basis: no whole meshes) with the ARKit curves:
    displacement| in mm; the actor's neutral = mean landmarks3d over the calibration's neutral
    frames (else the 10 % calmest frames). Reported; target new <= old.
 
+5. emotion on a render (MEAD clips): the emotion network (FER-2013 port, ``emotion``) on the
+   video crop and on a render of the driven ICT head (the NEW capture's fitted identity,
+   textured from its neutral frame, with teeth, mouth socket and eyes:
+   ``emotion_refine.emotion_fidelity``) of each column's ARKit curves, on EMOTION_FRAMES
+   evenly spaced frames of the middle third: the share of frames whose render class equals
+   the video's, the majority classes and the mean feature distance. Reported (the issue
+   sets no target); ``--no-emotion`` skips it.
+
 Targets are judged on the NEW column (the OLD one is informational; with ``--only old`` on
 OLD); exit 1 when one is missed. The figures go to .cache/fidelity/latest.json.
 
@@ -62,6 +70,7 @@ MOUTH_R_MIN = 0.9
 BLINK_CLOSED_FRAC, BLINK_OPEN_FRAC = 0.15, 0.8   # of the open gap
 BLINK_CLOSED_MIN, BLINK_OPEN_MAX = 0.9, 0.15
 EXPRESSIVE_FRACTION = 0.1
+EMOTION_FRAMES = 12
 LABELS = ("angry", "happy", "surprised", "disgusted", "neutral")
 
 # MediaPipe landmark indices
@@ -262,6 +271,33 @@ def clip_metrics(cap, name: str, head) -> dict:
     return out
 
 
+def emotion_metric(clip: Path, caps: dict) -> dict:
+    """Section 5 for one clip: {column: {"agree", "class", "feat_dist"}, "video": class}.
+    Every column's ARKit curves are rendered on the judged (last) column's head, so the
+    columns differ only in their curves."""
+    from emoca_blender import emotion, video
+    from emoca_blender.emotion_refine import capture_head, emotion_fidelity
+
+    cols = list(caps)
+    ref = caps[cols[-1]]
+    n = ref.n_frames
+    curves = {c: np.asarray(caps[c]["arkit"], np.float32) for c in cols
+              if caps[c].n_frames == n}
+    rows = middle_third(ref["valid"])
+    pick = rows[np.unique(np.linspace(0, len(rows) - 1, EMOTION_FRAMES).round().astype(int))]
+    fid = emotion_fidelity(ref, video.iter_frames(clip, 0, n), curves, pick,
+                           head=capture_head(ref))
+    cin = fid["input_class"]
+    name = lambda cls: emotion.CLASS_NAMES[int(np.bincount(cls, minlength=7).argmax())]  # noqa: E731
+    out: dict = {"video": name(cin) if cin.size else "-", "frames": int(cin.size)}
+    for c in curves:
+        k = fid[c]["class"]
+        out[c] = {"agree": float((k == cin).mean()) if cin.size else float("nan"),
+                  "class": name(k) if k.size else "-",
+                  "feat_dist": float(np.mean(fid[c]["feat_dist"])) if k.size else float("nan")}
+    return out
+
+
 def embedding_problems(m) -> list[int]:
     """Landmarks whose embedding triangle lies off the face and eyeballs (a broken embedding)."""
     if m.vertex_part is None or not m.part_names:
@@ -399,6 +435,21 @@ def tables(res: dict, cols: list[str]) -> list[tuple[str, list[str], list[list[s
     out.append(("4. landmark reproduction on the 10 % most expressive frames, mm "
                 "(observed = |landmarks3d - neutral|)",
                 hdr("err mm", "observed mm") + ["neutral", "target", "pass"], rows))
+    rows = []
+    for clip, r in res.items():
+        e = r.get("emotion")
+        if not e:
+            continue
+        got = [e.get(c) or {} for c in cols]
+        rows.append([clip, f"{e['video']} ({e['frames']} fr)",
+                     *[f"{x.get('class', '-')} {_f(100 * x.get('agree', float('nan')), '{:.0f}')}%"
+                       for x in got],
+                     *[_f(x.get("feat_dist"), "{:.3f}") for x in got]])
+    if rows:
+        out.append(("5. emotion class on a render of the driven head vs the video crop "
+                    "(MEAD, middle third): render class and agreement; feature distance",
+                    ["clip", "video class", *[f"{c} render" for c in cols],
+                     *[f"{c} feat dist" for c in cols]], rows))
     return out
 
 
@@ -456,7 +507,8 @@ def rows_for_run(res: dict, cols: list[str]) -> list[dict]:
     return out
 
 
-def measure(clips: list[Path], sides: list[Side], recapture: bool = False, log=print) -> dict:
+def measure(clips: list[Path], sides: list[Side], recapture: bool = False, log=print,
+            emotion: bool = True) -> dict:
     from emoca_blender.capture_file import load_capture  # noqa: F401  (fail early)
     from emoca_blender.head_model import ICT_HEAD, bundled, load_head_model
 
@@ -466,11 +518,16 @@ def measure(clips: list[Path], sides: list[Side], recapture: bool = False, log=p
     try:
         for clip in clips:
             res[clip.name] = {}
+            caps = {}
             for s in sides:
                 cap, cached = s.capture(clip, recapture)
                 log(f"# {s.column} {clip.name}: {cap.n_frames} frames"
                     f"{' (cached)' if cached else ''}")
                 res[clip.name][s.column] = clip_metrics(cap, clip.name, head)
+                caps[s.column] = cap
+            if emotion and label_of(clip.name) and "neutral_landmarks" in caps[sides[-1].column]:
+                log(f"# emotion on renders: {clip.name}")
+                res[clip.name]["emotion"] = emotion_metric(clip, caps)
     finally:
         for s in sides:
             s.close()
@@ -492,6 +549,8 @@ def parse(argv):
     p.add_argument("--only", choices=("new", "old"), help="one column only")
     p.add_argument("--recapture", action="store_true", help="ignore the capture cache")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    p.add_argument("--no-emotion", action="store_true",
+                   help="skip section 5 (the emotion network on renders)")
     return p.parse_args(argv)
 
 
@@ -512,7 +571,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     cols, sides = _sides(args)
-    out = measure(clips, sides, args.recapture, log=lambda s: print(s, file=sys.stderr))
+    out = measure(clips, sides, args.recapture, log=lambda s: print(s, file=sys.stderr),
+                  emotion=not args.no_emotion)
     res = out["results"]
     print(f"Machine: {common.machine()}")
     print(f"fidelity: old = {args.baseline} ({sides[0].key[:10]}), new = working tree"
