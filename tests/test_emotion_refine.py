@@ -490,12 +490,12 @@ def test_prior_guard_keeps_the_result_within_the_percentile():
 
 def test_the_prior_term_makes_the_change_plausible():
     """With the prior term, the known-answer refinement's change is shorter under the
-    prior (Mahalanobis) than without it, and Eq. 1's distance still falls."""
+    prior (Mahalanobis) than without it, and the feature distance still falls."""
     from emoca_blender.expression_prior import load_prior
 
     prior = load_prior()
     out = {}
-    for w in (0.0, 0.5):
+    for w in (0.0, 0.05):
         p, names, e_star, eq1 = _known_answer_problem(
             prior=prior, iterations=30, second_lr=None, landmark_weight=0.0, prior_weight=w,
             prior_percentile=None)
@@ -503,4 +503,4 @@ def test_the_prior_term_makes_the_change_plausible():
         assert d1 < d0
         d = (e1 - p.e0.numpy())[p.free.numpy()]
         out[w] = float(np.sqrt(d @ prior.change_precision(p.free.numpy()) @ d))
-    assert out[0.5] < 0.7 * out[0.0], out
+    assert 0 < out[0.05] < 0.7 * out[0.0], out
