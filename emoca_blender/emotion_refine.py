@@ -607,6 +607,8 @@ class FrameProblem:
         e0 = self.e0.numpy().astype(np.float64)
         d = e.numpy().astype(np.float64) - e0
         r = max(self.prior.radius(self.s.prior_percentile), float(self.prior.mahalanobis(e0)))
+        # a hair inside the radius, so the float32 result does not round to just outside it
+        r *= 1.0 - 1e-5
         if float(self.prior.mahalanobis(e0 + d)) <= r:
             return e
         lo, hi = 0.0, 1.0
