@@ -137,8 +137,10 @@ def cmd_rig(args, progress) -> int:
     cap = _load_capture(args.capture, "rig")
     scene = _blender_side("cli_scene")
     scene.new_scene()
-    scene.build_actor(cap, model_path=args.model, flame_dir=args.flame_dir or None,
-                      capture_path=Path(args.capture))
+    mesh, arm = scene.build_actor(cap, model_path=args.model, flame_dir=args.flame_dir or None,
+                                  capture_path=Path(args.capture))
+    for m in scene.add_reference(cap, [mesh, arm])["messages"]:   # the video beside the rig
+        progress.message(f"reference: {m}")
     scene.save_blend(out)
     print(f"wrote {out}")
     return EXIT_OK
@@ -265,6 +267,8 @@ def cmd_run(args, progress) -> int:
                            capture_path=res.path, **_key_options(args))
     report["capture"] = str(res.path)
     report["seconds"] = round(time.perf_counter() - t0, 2)
+    for m in report.get("messages", ()):      # the reference video and its sound strip
+        progress.message(f"reference: {m}")
     progress.done(**report)
     if progress.mode != "json":
         for k in ("capture", "blend", "fbx"):

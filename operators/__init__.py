@@ -14,6 +14,7 @@ MODULES = (
     "retarget_props",
     "ops_capture",
     "ops_rig",
+    "ops_reference",
     "displacement_material",
     "ops_runtime",
     "ops_retarget",

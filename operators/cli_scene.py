@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import fbx_io, gltf_io, retarget_bake, rig_build
+from . import fbx_io, gltf_io, reference_video, retarget_bake, rig_build
 from ._core import head_model
 from ._core import core as _core_pkg
 
@@ -165,7 +165,9 @@ def summary_line(summary: dict) -> str:
 
 
 def save_blend(path) -> Path:
-    return fbx_io.save_blend(path)
+    """The scene as a .blend; external files (the reference movie and its sound) keep the
+    absolute paths they were given, so the .blend can be moved (see reference_video)."""
+    return fbx_io.save_blend(path, relative_remap=False)
 
 
 def _animated(objs) -> list:
@@ -202,10 +204,29 @@ def export_blend(blend: Path, out: Path, objects=None, preset: str = "generic",
                              preset=preset, face_only=face_only)
 
 
+def add_reference(capture, actor_objects, frame_start: int = 1, framed=()) -> dict:
+    """The capture's video beside the actor rig and its audio as a sound strip
+    (:mod:`reference_video`), and the scene camera framing the actor, ``framed`` (the
+    character) and the video. Never fails the job: a missing video or one without audio
+    is a message. Returns ``{"reference", "sound", "messages"}``."""
+    scene = bpy.context.scene
+    scene.view_settings.view_transform = "Standard"    # the video's own colours
+    try:
+        ref = reference_video.from_capture(capture, frame_start=frame_start)
+        info = reference_video.add(scene, ref, actor_objects)
+    except FileNotFoundError as e:
+        reference_video.frame_all(scene, [*actor_objects, *framed])
+        return {"reference": None, "sound": None, "messages": [f"{e}: no reference video"]}
+    plane = bpy.data.objects[info["plane"]]
+    reference_video.frame_all(scene, [*actor_objects, *framed, plane])
+    return {"reference": info["plane"], "sound": info["sound"], "messages": info["messages"]}
+
+
 def run_job(capture, out_dir: Path, name: str, character: str = "sample",
             frame_start: int = 1, flame_dir=None, capture_path=None, **keys) -> dict:
-    """The demo scene: actor rig on the left, retargeted character on the right; writes
-    NAME.blend (both) and NAME.fbx (the character with its animation)."""
+    """The demo scene: actor rig in the middle, retargeted character on the right, the
+    actor's video on the left (with its sound strip, :func:`add_reference`); writes
+    NAME.blend (all) and NAME.fbx (the character with its animation)."""
     out_dir = Path(out_dir)
     new_scene()
     actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING,
@@ -215,12 +236,14 @@ def run_job(capture, out_dir: Path, name: str, character: str = "sample",
     char_objs = [bpy.data.objects[n] for n in summary["objects"]]
     fbx = fbx_io.export_fbx(out_dir / f"{name}.fbx", char_objs,
                             frame_start=scene.frame_start, frame_end=scene.frame_end)
+    ref = add_reference(capture, [actor_mesh, actor_arm], frame_start, framed=char_objs)
     blend = save_blend(out_dir / f"{name}.blend")
     return {
         "blend": str(blend), "fbx": str(fbx), "frames": capture.n_frames,
         "valid": int(capture["valid"].sum()), "mapped": mapped_channels(summary),
         "bones": summary.get("bones", {}), "actor": actor_mesh.name,
         "keys": summary.get("keys", 0), "keys_dense": summary.get("keys_dense", 0),
+        **ref,
     }
 
 

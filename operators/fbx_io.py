@@ -658,10 +658,12 @@ def animation_of(new_objects, old_names, frame_scale: float = 1.0) -> dict:
     return result
 
 
-def save_blend(path) -> Path:
+def save_blend(path, relative_remap: bool = True) -> Path:
     """Save the current file as ``path`` atomically (temporary file + rename).
 
-    Uses ``save_as_mainfile(copy=True)`` so the open file keeps its own path."""
+    Uses ``save_as_mainfile(copy=True)`` so the open file keeps its own path.
+    ``relative_remap=False`` keeps absolute paths absolute (Blender otherwise makes every
+    path of a never-saved file relative)."""
     path = Path(path)
     if path.suffix.lower() != ".blend":
         path = path.with_suffix(".blend")
@@ -670,7 +672,7 @@ def save_blend(path) -> Path:
     # no placeholder file, so Blender makes no ".blend1" backup of it
     with capture_file.written_beside(path, suffix=".blend", placeholder=False) as tmp:
         res = bpy.ops.wm.save_as_mainfile(filepath=tmp, copy=True, check_existing=False,
-                                          compress=False)
+                                          compress=False, relative_remap=relative_remap)
         if "FINISHED" not in res:
             raise OSError(f"saving {path.name} failed ({res})")
     return path

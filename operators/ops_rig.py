@@ -110,6 +110,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         if missing:
             msg += f" ({len(missing)} capture channels have no shape key)"
         self.report({'INFO'}, msg)
+        _add_reference(self, context, cap)
         return {'FINISHED'}
 
 
@@ -146,7 +147,20 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         _key_emotion(arm or mesh, cap, props.frame_start)
         select_only(context, [arm or mesh, mesh])
         self.report({'INFO'}, f"Built FLAME rig {mesh.name}: {cap.n_frames} frames")
+        _add_reference(self, context, cap)
         return {'FINISHED'}
+
+
+def _add_reference(op, context, cap) -> None:
+    """The capture's video beside the new rig, with its sound (ops_reference); reported, and
+    never failing the build."""
+    from .ops_reference import add_reference
+    try:
+        _added, level, msg = add_reference(context, cap)
+    except Exception as e:  # noqa: BLE001 - the rig is built; the reference is extra
+        traceback.print_exc()
+        level, msg = 'WARNING', f"Reference video not added: {type(e).__name__}: {e}"
+    op.report({level}, msg)
 
 
 def _key_emotion(obj, cap, frame_start: int) -> None:

@@ -300,6 +300,13 @@ def _poll_armature(self, obj):
     return obj.type == 'ARMATURE'
 
 
+def _reference_update(self, context):
+    """The Rig panel's reference toggles, applied to the scene's reference plane and strip."""
+    from . import reference_video
+    reference_video.apply_settings(self.id_data, self.show_reference, self.reference_opacity,
+                                   self.reference_placement, self.reference_sound)
+
+
 class EMOCA_SceneProperties(bpy.types.PropertyGroup):
     # -- capture input/output ------------------------------------------------------------
     video_path: StringProperty(
@@ -342,6 +349,23 @@ class EMOCA_SceneProperties(bpy.types.PropertyGroup):
     actor_armature: PointerProperty(
         name="Actor Armature", description="The actor rig's armature",
         type=bpy.types.Object, poll=_poll_armature)
+    # -- reference video (beside the actor rig; see reference_video.py) ------------------
+    show_reference: BoolProperty(
+        name="Show Reference", description="Show the actor's video beside the rig, playing "
+        "frame-locked to the timeline", default=True, update=_reference_update)
+    reference_opacity: FloatProperty(
+        name="Opacity", description="Opacity of the reference video plane",
+        default=1.0, min=0.0, max=1.0, subtype='FACTOR', update=_reference_update)
+    reference_placement: EnumProperty(
+        name="Placement", description="Where the reference video plane stands",
+        items=[('SIDE', "Side by Side", "Left of the actor rig, its face at the rig's face "
+                "height"),
+               ('BEHIND', "Behind", "Behind the actor rig, the video's face behind the rig's "
+                "face")],
+        default='SIDE', update=_reference_update)
+    reference_sound: BoolProperty(
+        name="Sound", description="Play the video's sound (its strip in the sequencer; "
+        "scrubbing plays it too)", default=True, update=_reference_update)
     # -- retarget -------------------------------------------------------------------------
     use_selection: BoolProperty(
         name="Selected Objects", description="Retarget onto the selected objects instead of "

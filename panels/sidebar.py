@@ -10,10 +10,10 @@ import bpy
 
 try:
     from ..operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                             properties, runtime, worker)
+                             properties, reference_video, runtime, worker)
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
     from operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                           properties, runtime, worker)
+                           properties, reference_video, runtime, worker)
 
 
 def _reason(layout, problem) -> None:
@@ -182,8 +182,44 @@ class EMOCA_PT_rig(_EmocaPanel, bpy.types.Panel):
                 if context.active_object != mesh:
                     layout.label(text=f"Select {mesh.name} to build its detail mesh",
                                  icon='INFO')
+        _draw_reference(layout, context)
         layout.separator()
         layout.operator("emoca.add_sample_character", icon='USER')
+
+
+def _draw_reference(layout, context) -> None:
+    """The reference video: its toggles when the scene has one, else the button that adds
+    it; and Frame All."""
+    props = context.scene.emoca
+    box = layout.box()
+    plane = reference_video.find(context.scene)
+    if plane is None:
+        box.label(text="Reference video: none", icon='FILE_MOVIE')
+        _button(box, "emoca.add_reference_video", ops_capture.capture_file_problem(context),
+                icon='FILE_MOVIE')
+    else:
+        st = reference_video.settings(plane)
+        video = st.get("video", "")
+        missing = not os.path.isfile(video)
+        row = box.row()
+        row.alert = missing
+        row.label(text=f"Reference: {os.path.basename(video)}" +
+                  (" (not found)" if missing else ""), icon='FILE_MOVIE')
+        col = box.column()
+        col.prop(props, "show_reference")
+        sub = col.column()
+        sub.active = props.show_reference
+        sub.prop(props, "reference_opacity")
+        sub.row().prop(props, "reference_placement", expand=True)
+        row = col.row()
+        if reference_video.sound_strip(context.scene) is None:
+            row.label(text="No sound (the video has no audio track)", icon='MUTE_IPO_ON')
+        else:
+            row.prop(props, "reference_sound", icon='SPEAKER')
+        box.operator("emoca.add_reference_video", text="Reload Reference Video",
+                     icon='FILE_REFRESH')
+    row = box.row()
+    row.operator("emoca.frame_all", icon='VIEW_CAMERA')
 
 
 # The Retarget and Export panels are in panels/retarget.py.
@@ -204,6 +240,8 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.operator("emoca.build_rig", icon='OUTLINER_OB_ARMATURE')
         layout.operator("emoca.detail_mesh", icon='MOD_DISPLACE')
         layout.operator("emoca.add_sample_character", icon='USER')
+        layout.operator("emoca.add_reference_video", icon='FILE_MOVIE')
+        layout.operator("emoca.frame_all", icon='VIEW_CAMERA')
         layout.operator("emoca.retarget", icon='ACTION')
         layout.separator()
         layout.operator("emoca.export_fbx", icon='EXPORT')

@@ -31,7 +31,7 @@ needs_bpy = pytest.mark.skipif(not HAS_BPY, reason="the bpy module is not instal
 
 OPERATORS = ("capture", "cancel_capture", "build_rig", "add_sample_character", "retarget",
              "export_fbx", "export_gltf", "save_capture_blend", "install_runtime",
-             "check_device")
+             "check_device", "add_reference_video", "frame_all")
 PANELS = ("EMOCA_PT_capture", "EMOCA_PT_rig", "EMOCA_PT_retarget", "EMOCA_PT_export")
 HEAVY = ("torch", "mediapipe", "cv2")
 REGISTER_LIMIT_S = 0.2
