@@ -454,9 +454,11 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     basis, lid_scale = fit_lids_to_actor(basis, neutral)
     # a first pass with the eyeLook* shapes free (so a look's lid motion is not taken for
     # head motion) gives the pose-free irises, and from them the gaze
+    # (not robust: the irises and lids are measured near their own eye, and the final solve
+    # below refits the misfit frames)
     eyes_i, openness = ls.solve_chunked(
         L, neutral=neutral, basis=basis, pinned=TONGUE_ONLY, rounds=0, point_mask=SOLVE_POINTS,
-        each=lambda r: (eyes_from_iris(r.pose_free, neutral), lid_openness(r.pose_free, neutral)))
+        robust=False, each=lambda r: (eyes_from_iris(r.pose_free, neutral), lid_openness(r.pose_free, neutral)))
     k = iris_gaze_trust(openness)[:, :, None]            # the irises' say, by lid opening
     look = gaze_to_arkit(eyes_i * k)
     res = ls.solve_chunked(L, neutral=neutral, basis=basis, pinned=SOLVE_PINNED, rounds=1,
