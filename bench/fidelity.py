@@ -288,7 +288,9 @@ def emotion_metric(clip: Path, caps: dict) -> dict:
     fid = emotion_fidelity(ref, video.iter_frames(clip, 0, n), curves, pick,
                            head=capture_head(ref))
     cin = fid["input_class"]
-    name = lambda cls: emotion.CLASS_NAMES[int(np.bincount(cls, minlength=7).argmax())]  # noqa: E731
+    def name(cls):
+        return emotion.CLASS_NAMES[int(np.bincount(cls, minlength=7).argmax())]
+
     out: dict = {"video": name(cin) if cin.size else "-", "frames": int(cin.size)}
     for c in curves:
         k = fid[c]["class"]

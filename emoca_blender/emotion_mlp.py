@@ -96,12 +96,16 @@ class EmotionMLP:
         # loader, which never runs code from the file (a shared .pt is safe to open)
         history = [{str(k): (int(v) if k == "epoch" else float(v)) for k, v in rec.items()}
                    for rec in self.history]
-        torch.save({"state_dict": self.model.state_dict(),
-                    "mean": torch.as_tensor(np.asarray(self.mean, np.float32)),
-                    "std": torch.as_tensor(np.asarray(self.std, np.float32)),
-                    "class_names": [str(c) for c in self.class_names],
-                    "input_names": [str(c) for c in self.input_names],
-                    "hidden": int(self.model[0].out_features), "history": history}, p)
+        payload = {"state_dict": self.model.state_dict(),
+                   "mean": torch.as_tensor(np.asarray(self.mean, np.float32)),
+                   "std": torch.as_tensor(np.asarray(self.std, np.float32)),
+                   "class_names": [str(c) for c in self.class_names],
+                   "input_names": [str(c) for c in self.input_names],
+                   "hidden": int(self.model[0].out_features), "history": history}
+        # atomically: an interrupted save leaves the previous model file as it was
+        from .capture_file import atomic_write_bytes
+
+        atomic_write_bytes(p, lambda f: torch.save(payload, f))
         return p
 
     @classmethod

@@ -321,6 +321,22 @@ def error_line(stderr_lines: Sequence[str], returncode: int | None,
     return msg[:1].upper() + msg[1:]
 
 
+def complete_capture(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a capture npz whose sidecar vouches for it (completely
+    published by the core's atomic write protocol)."""
+    p = Path(path)
+    if not p.name.endswith(CAPTURE_SUFFIX):
+        return False
+    from ._core import capture_file
+
+    try:
+        f, _meta = capture_file.verified_npz(p)
+    except (capture_file.CaptureError, OSError):
+        return False
+    f.close()
+    return True
+
+
 # --------------------------------------------------------------------------------------
 # The job
 
@@ -386,6 +402,7 @@ class WorkerJob:
         self._threads: list[threading.Thread] = []
         self._proc: subprocess.Popen | None = None
         self._snapshot = _Snapshot()
+        self.kept: Path | None = None   # a complete capture a failed run had published
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -598,13 +615,24 @@ class WorkerJob:
 
     def cleanup_partial_output(self) -> list[Path]:
         """Delete what this run left behind: temporary ``.part`` files next to the output,
-        and the output and its sidecar when they are new or changed since the start (an
-        output that was complete before the run and untouched stays). Returns what went."""
+        and the output and its sidecar when they are new or changed since the start and
+        are not a complete capture. An output that was complete before the run and
+        untouched stays; so does a capture the run published completely (its sidecar
+        vouches for the npz) before it failed or was cancelled: the core's writes are
+        atomic, so such a capture is whole, and deleting it would lose both the old capture
+        it replaced and the new one (``self.kept`` names it). Returns what went."""
         removed: list[Path] = []
+        self.kept = None
         if self.output is None:
             return removed
         out = self.output
         candidates = [out, sidecar_for(out)]
+        if self._snapshot.changed(out) and complete_capture(out):
+            self.kept = out
+            self._log.append(f"# kept {out.name}: the run had published it completely")
+            if self.error:
+                self.error += f" (the capture it had written, {out.name}, is complete and was kept)"
+            candidates = []
         for p in candidates:
             if self._snapshot.changed(p):
                 try:

@@ -109,6 +109,7 @@ def test_mlp_learns_smooth_valence_arousal(tmp_path):
     (Hidden width 512 instead of 2048 keeps the test fast on 2 cores; the training code is
     the same.)"""
     from emoca_blender.emotion_mlp import EmotionMLP, train
+    from emoca_blender.errors import BadInput
 
     rng = np.random.default_rng(0)
     D = 40
@@ -132,6 +133,22 @@ def test_mlp_learns_smooth_valence_arousal(tmp_path):
     assert len(m.history) >= 2
     m2 = EmotionMLP.load(m.save(tmp_path / "mlp.pt"))
     np.testing.assert_allclose(m2.predict(Xt[:5])["valence"], o["valence"][:5], atol=1e-5)
+    # a save that fails half way (disk full, a kill) leaves the previous model file whole
+    before = (tmp_path / "mlp.pt").read_bytes()
+    real_save = torch.save
+
+    def half_then_fail(obj, f, *a, **k):
+        f.write(b"\x80half a model")
+        raise OSError(28, "No space left on device")
+
+    torch.save = half_then_fail
+    try:
+        with pytest.raises(BadInput, match="no space left"):
+            m.save(tmp_path / "mlp.pt")
+    finally:
+        torch.save = real_save
+    assert (tmp_path / "mlp.pt").read_bytes() == before
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
 
 
 def test_mlp_bad_input():

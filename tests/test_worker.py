@@ -500,3 +500,35 @@ def test_install_plan_runner(tmp_path):
                     cwd=None).start()
     assert run_to_end(job, 60) == worker.FAILED and job.returncode == 3
     assert job.error.startswith("Step 2 failed (exit code 3)")
+
+
+@pytest.mark.parametrize("had_old", [False, True], ids=["new", "replacing-a-good-one"])
+def test_failed_run_keeps_a_capture_it_published_completely(tmp_path, had_old):
+    """A run that publishes its capture (npz + sidecar, the core's atomic protocol) and then
+    fails (a later step, e.g. the emotion pass, exits 2) must not delete it: the capture is
+    whole, and when it replaced a good one, deleting it would lose both. A half-written
+    output at the same name is still removed (test_cancel_... above)."""
+    from emoca_blender import capture_file as cf
+    from test_capture_file import synthetic
+
+    out = tmp_path / "clip.capture.npz"
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    new = cf.save_capture(synthetic(n=12, seed=3), staged / out.name)
+    if had_old:
+        cf.save_capture(synthetic(n=7, seed=1), out)
+    cmd = fake(tmp_path, f"""
+        import shutil
+        # publish the finished capture as the core does: sidecar last
+        shutil.copyfile({str(new)!r}, {str(out)!r} + ".tmp")
+        os.replace({str(out)!r} + ".tmp", {str(out)!r})
+        shutil.copyfile({str(cf.sidecar_path(new))!r}, {str(cf.sidecar_path(out))!r})
+        print("error: emotion analysis failed", file=sys.stderr, flush=True)
+        sys.exit(2)
+    """)
+    job = WorkerJob(cmd, output=out, cwd=tmp_path).start()
+    assert run_to_end(job) == worker.FAILED
+    assert job.kept == out
+    assert cf.load_capture(out).n_frames == 12          # the new capture, whole
+    assert "kept clip.capture.npz" in job.log_text()
+    assert job.error.endswith("clip.capture.npz, is complete and was kept)")
