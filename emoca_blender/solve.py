@@ -295,6 +295,23 @@ def iris_gaze_trust(openness: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(openness, np.float64) - lo) / (hi - lo), 0.0, 1.0)
 
 
+def gaze_through_closures(eyes: np.ndarray, trust: np.ndarray, frames: np.ndarray,
+                          trusted: float = 0.5) -> np.ndarray:
+    """(N,2,3) gaze for frames whose lids hide the iris: per eye, the iris gaze ``eyes``
+    (N,2,3) of the frames it is trusted on (``trust`` (N,2) >= ``trusted``) interpolated
+    linearly over time (``frames`` (N,) frame numbers), held before the first and after the
+    last; straight ahead (0) for an eye never trusted."""
+    out = np.zeros_like(np.asarray(eyes, np.float64))
+    t = np.asarray(frames, np.float64)
+    for e in range(out.shape[1]):
+        ok = np.flatnonzero(np.asarray(trust)[:, e] >= trusted)
+        if ok.size == 0:
+            continue
+        for c in range(out.shape[2]):
+            out[:, e, c] = np.interp(t, t[ok], eyes[ok, e, c])
+    return out
+
+
 def fit_lids_to_actor(basis, neutral: np.ndarray):
     """The basis with each eye's lid motion scaled to the actor's eye opening.
 
@@ -484,8 +501,11 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     R_all = Rotation.from_rotvec(rot).as_matrix()
     ang = ls.rotation_angle_deg(R_all[S], res.rotation[S])
 
-    # gaze: the irises where the lids are open, the blendshape model's gaze as they close
-    eyes = k * eyes_i + (1 - k) * eyes_from_arkit(a)
+    # gaze: the irises where the lids are open; as they close, the iris gaze carried through
+    # from the open frames around (MediaPipe's blendshape gaze reads shut lids as a look
+    # down, 0.6-0.9 on real blinks, and eyeLookDown's lid shape on top of eyeBlink pushes
+    # the upper lid 2-3 mm through the lower one)
+    eyes = k * eyes_i + (1 - k) * gaze_through_closures(eyes_i, k[:, :, 0], F)
     a[:, GAZE] = gaze_to_arkit(eyes)[:, GAZE]             # the eyeLook* curves say the same
     blink = np.stack([a[:, INDEX["eyeBlinkLeft"]], a[:, INDEX["eyeBlinkRight"]]], 1)
 
