@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, takes_cli
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -70,6 +70,9 @@ def cmd_capture(args, progress) -> int:
     from .capture_file import SUFFIX
     from .pipeline import run_capture
 
+    if takes_cli.several(args.video) or args.stdin_control:   # takes: one job, in order
+        return takes_cli.cmd_capture_takes(args, progress)
+    args.video = args.video[0]
     _check_output_name(Path(args.output), SUFFIX, "capture")
     res = run_capture(args.video, args.output, _capture_settings(args), progress,
                       cache_dir=_cache_dir(args), cancel=_cancel_requested)
@@ -137,8 +140,11 @@ def cmd_rig(args, progress) -> int:
     cap = _load_capture(args.capture, "rig")
     scene = _blender_side("cli_scene")
     scene.new_scene()
+    if args.scene_fps is not None:       # keep this rate: keys at the clip's real times
+        _blender_side("cli_takes").set_scene_fps(args.scene_fps)
     mesh, arm = scene.build_actor(cap, model_path=args.model, flame_dir=args.flame_dir or None,
-                                  capture_path=Path(args.capture))
+                                  capture_path=Path(args.capture),
+                                  timing="clip" if args.scene_fps is None else "scene")
     for m in scene.add_reference(cap, [mesh, arm])["messages"]:   # the video beside the rig
         progress.message(f"reference: {m}")
     scene.save_blend(out)
@@ -147,13 +153,19 @@ def cmd_rig(args, progress) -> int:
 
 
 def cmd_retarget(args, progress) -> int:
+    if len(args.capture) > 1:            # several captures: each a take on the character
+        return takes_cli.cmd_retarget_takes(args, progress)
+    args.capture = args.capture[0]
     out = Path(args.output)
     _check_writable(out, ".blend", "retarget")
     cap = _load_capture(args.capture, "retarget")
     _check_character(args.character, "retarget")
     scene = _blender_side("cli_scene")
     scene.new_scene()
+    if args.scene_fps is not None:
+        _blender_side("cli_takes").set_scene_fps(args.scene_fps)
     summary = scene.retarget(cap, character=args.character, frame_start=args.frame_start,
+                             timing="clip" if args.scene_fps is None else "scene",
                              **_key_options(args))
     scene.save_blend(out)
     print(f"wrote {out} ({scene.summary_line(summary)})")
@@ -209,8 +221,10 @@ def cmd_export(args, progress) -> int:
     input_files.require(args.blend, ("blend",), "export")
     scene = _blender_side("cli_scene")
     path = scene.export_blend(Path(args.blend), out, objects=args.objects,
-                              preset=args.preset or "generic", face_only=args.face_only)
-    print(f"wrote {path}")
+                              preset=args.preset or "generic", face_only=args.face_only,
+                              takes=args.take or None, per_take=args.per_take)
+    for p in (path if isinstance(path, list) else [path]):
+        print(f"wrote {p}")
     return EXIT_OK
 
 
@@ -242,6 +256,12 @@ def _stem(path) -> str:
 def cmd_run(args, progress) -> int:
     from .pipeline import output_path, run_capture
 
+    if takes_cli.several(args.video) or args.stdin_control:   # several videos: takes
+        return takes_cli.cmd_run_takes(args, progress)
+    args.video = args.video[0]
+    if args.per_take:
+        from .errors import BadInput
+        raise BadInput("--per-take is for several videos (takes); one video has one take")
     scene = _blender_side("cli_scene")
     out_dir = Path(args.out_dir)
     from .errors import BadInput
@@ -264,7 +284,8 @@ def cmd_run(args, progress) -> int:
     report = scene.run_job(res.capture, out_dir, name, character=args.character,
                            frame_start=args.frame_start,
                            flame_dir=getattr(args, "flame_dir", "") or None,
-                           capture_path=res.path, **_key_options(args))
+                           capture_path=res.path, scene_fps=args.scene_fps,
+                           **_key_options(args))
     report["capture"] = str(res.path)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     for m in report.get("messages", ()):      # the reference video and its sound strip
@@ -368,17 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    p = sub.add_parser("capture", help="capture a video into a .capture.npz",
-                       description="Track the face in VIDEO and write one Capture file.")
-    p.add_argument("video")
-    p.add_argument("-o", "--output", required=True, help="output NAME.capture.npz")
+    p = sub.add_parser("capture", help="capture a video into a .capture.npz (several: takes)",
+                       description="Track the face in VIDEO and write one Capture file. "
+                                   "Several videos (or a folder of them) are captured one "
+                                   "after another in this process, one NAME.capture.npz "
+                                   "each in the -o folder (takes).")
+    p.add_argument("video", nargs="+", help="a video, several videos, or a folder of videos")
+    p.add_argument("-o", "--output", required=True,
+                   help="output NAME.capture.npz (several videos: an output folder)")
     _add_capture_options(p)
+    takes_cli.add_stdin_control(p)
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("rig", help="build the animated head rig of a capture (.blend)",
                        description="Build the head model rig with expression shape keys and "
                                    "bones, animated by the capture, and save it as a .blend.")
     p.add_argument("capture")
+    takes_cli.add_scene_fps(p)
     p.add_argument("-o", "--output", required=True, help="output .blend")
     p.add_argument("--model", default=None, help="head model .npz (default: the bundled open model)")
     p.add_argument("--flame-dir", default="", metavar="DIR",
@@ -386,10 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "builds the FLAME rig (identity, expression and pose-corrective keys)")
     p.set_defaults(func=cmd_rig)
 
-    p = sub.add_parser("retarget", help="bake a capture onto a character (.blend)",
+    p = sub.add_parser("retarget", help="bake a capture onto a character (.blend; several: "
+                                        "takes)",
                        description="Bake the capture's ARKit, jaw, head and eye curves onto a "
-                                   "character as plain keyframes and save a .blend.")
-    p.add_argument("capture")
+                                   "character as plain keyframes and save a .blend. Several "
+                                   "captures become takes: an action each, named after the "
+                                   "capture, on the NLA one after another.")
+    p.add_argument("capture", nargs="+", help="a .capture.npz, or several (takes)")
+    takes_cli.add_scene_fps(p)
     p.add_argument("-o", "--output", required=True, help="output .blend")
     p.add_argument("--character", default="sample",
                    help="'sample' (bundled character) or a .blend/.fbx holding the character")
@@ -412,15 +443,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "exporter's own output). FBX only")
     p.add_argument("--face-only", action="store_true",
                    help="export only the meshes with shape keys (and their armature)")
+    p.add_argument("--take", action="append", default=None, metavar="NAME",
+                   help="a .blend with takes: export this take (repeat for several; "
+                        "default: every take, one named animation each)")
+    p.add_argument("--per-take", action="store_true",
+                   help="a .blend with takes: one file per take, NAME_<take>.fbx/.glb "
+                        "beside -o, instead of one file holding them all")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="the whole job: capture, rig, retarget, export",
                        description="Capture VIDEO, build the actor rig, retarget onto the "
                                    "character, and write NAME.capture.npz, NAME.blend and "
-                                   "NAME.fbx into the output folder.")
-    p.add_argument("video")
+                                   "NAME.fbx into the output folder. Several videos (or a "
+                                   "folder) are takes: one job captures them in order "
+                                   "(VIDEO_STEM.capture.npz each), the actor rig and the "
+                                   "character get every take (an action each, named after "
+                                   "the clip), and NAME.fbx holds one animation per take.")
+    p.add_argument("video", nargs="+", help="a video, several videos, or a folder of videos")
     p.add_argument("-o", "--out-dir", default="out", help="output folder (default out/)")
-    p.add_argument("--name", default=None, help="base name of the outputs (default: video stem)")
+    p.add_argument("--name", default=None,
+                   help="base name of the outputs (default: the video's stem; several "
+                        "videos: the folder's name, else 'takes')")
+    p.add_argument("--per-take", action="store_true",
+                   help="several videos: one NAME_<take>.fbx per take instead of NAME.fbx "
+                        "holding them all")
+    takes_cli.add_scene_fps(p)
+    takes_cli.add_stdin_control(p)
     p.add_argument("--character", default="sample",
                    help="'sample' (bundled character) or a .blend/.fbx holding the character")
     p.add_argument("--frame-start", type=int, default=1)

@@ -31,6 +31,14 @@ class Progress:
         self._t0 = 0.0
         self._last = 0.0
         self._bar_open = False
+        #: added to every JSON line (a take's index while a several-video job runs it)
+        self.fields: dict[str, Any] = {}
+
+    def event(self, stage: str, **info: Any) -> None:
+        """One JSON line ``{"stage": stage, ...info}`` (json mode only), e.g. a take's state."""
+        self._close_bar()
+        if self.mode == "json":
+            self._emit({"stage": stage, **info})
 
     def stage(self, name: str, total: int | None = None) -> None:
         self._close_bar()
@@ -90,5 +98,7 @@ class Progress:
             self._bar_open = False
 
     def _emit(self, obj: dict) -> None:
+        if self.fields:
+            obj = {**obj, **{k: v for k, v in self.fields.items() if k not in obj}}
         self.out.write(json.dumps(obj, default=str) + "\n")
         self.out.flush()

@@ -22,6 +22,7 @@ MODULES = (
     "ops_livelink",
     "ops_emotion",
     "ops_emotion_jobs",
+    "ops_takes",
 )
 
 _registered: list = []

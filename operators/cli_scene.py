@@ -81,21 +81,27 @@ def _flame_model_for(capture, flame_dir):
 
 
 def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 0.0,
-                flame_dir=None, capture_path=None):
+                flame_dir=None, capture_path=None, timing: str = "clip",
+                take: str | None = None):
     """The head rig of the capture's head model, animated by the capture: for a FLAME
     capture (``head_model`` FLAME-...) with ``flame_dir``, the FLAME rig
     (:func:`rig_build.build_flame_rig`: identity baked, expression and pose-corrective keys,
     joint offsets), whose material plays the capture's displacement maps when the emoca
     backend wrote them beside ``capture_path``. The capture's emotion curves, when it has
-    them, are keyed as custom properties of the rig (``emotion_happy``...)."""
+    them, are keyed as custom properties of the rig (``emotion_happy``...). ``timing``: the
+    bake's (``rig_build.TIMINGS``). With ``take`` the animation is the actor's first take
+    (``operators.takes``; more with ``cli_takes.animate_actor_take``)."""
     import os
 
     name = str(capture.meta.get("head_model") or "")
+    # a take: the character's action of that take gets the actor's slots too (one action
+    # per take, so an export of both writes one animation per take)
+    one = {"action_name": take, "one_action": True} if take else {}
     if name.startswith("FLAME-") and not model_path and (
             flame_dir or os.environ.get("EMOCA_BLENDER_FLAME_DIR")):
         model = _flame_model_for(capture, flame_dir)
         mesh, arm, _ = rig_build.build_flame_rig(model, capture, ACTOR_NAME,
-                                                 frame_start=frame_start)
+                                                 frame_start=frame_start, timing=timing, **one)
         if capture_path is not None:
             from . import displacement_material
 
@@ -106,13 +112,25 @@ def build_actor(capture, model_path=None, frame_start: int = 1, offset: float = 
         model, identity = _model_for(capture, model_path)
         mesh, arm = rig_build.build_head_object(model, ACTOR_NAME, shape=identity)
         rig_build.animate_head_rig(mesh, arm, capture, frame_start=frame_start,
-                                   channels="expression")
+                                   channels="expression", timing=timing, **one)
+    _key_emotion(arm if arm is not None else mesh, capture, frame_start, timing)
+    if take:
+        from . import takes
+
+        takes.stack_take([mesh, arm], bpy.data.actions[take], take, frame_start,
+                         capture=str(capture_path or ""))
+    _place([mesh, arm], offset)
+    return mesh, arm
+
+
+def _key_emotion(obj, capture, frame_start, timing: str = "clip") -> None:
+    """The capture's emotion curves, when it has them, keyed on the rig at its key frames."""
     if "emotion_probs" in capture:
         from . import ops_emotion
 
-        ops_emotion.key_emotion_curves(arm if arm is not None else mesh, capture, frame_start)
-    _place([mesh, arm], offset)
-    return mesh, arm
+        frames = rig_build.capture_key_frames(capture, frame_start,
+                                              rig_build.timing_rate(capture, timing))
+        ops_emotion.key_emotion_curves(obj, capture, frame_start, frames=frames)
 
 
 def load_character(character: str = "sample", offset: float = 0.0) -> list:
@@ -144,7 +162,7 @@ def load_character(character: str = "sample", offset: float = 0.0) -> list:
 
 
 def retarget(capture, character: str = "sample", frame_start: int = 1, offset: float = 0.0,
-             **keys) -> dict:
+             timing: str = "clip", **keys) -> dict:
     """Bake onto the character; ``keys``: bake_capture's ``tolerance`` and
     ``angle_tolerance_deg`` (reduced at 0.01 / 0.2 degrees by default; None: dense)."""
     objs = load_character(character, offset)
@@ -153,7 +171,7 @@ def retarget(capture, character: str = "sample", frame_start: int = 1, offset: f
         raise _bad_input("the character has no mesh with shape keys and no armature: "
                          "nothing to retarget onto")
     summary = retarget_bake.bake_capture(capture, meshes, armature=arm, frame_start=frame_start,
-                                         **keys)
+                                         timing=timing, **keys)
     summary["objects"] = [o.name for o in objs]
     return summary
 
@@ -171,19 +189,28 @@ def save_blend(path) -> Path:
 
 
 def _animated(objs) -> list:
+    from . import takes
+
     out = []
     for o in objs:
         keys = getattr(getattr(o, "data", None), "shape_keys", None)
         if (o.animation_data and o.animation_data.action) or (
-                keys is not None and keys.animation_data and keys.animation_data.action):
+                keys is not None and keys.animation_data and keys.animation_data.action) or \
+                takes.find_takes([o]):
             out.append(o)
     return out
 
 
 def export_blend(blend: Path, out: Path, objects=None, preset: str = "generic",
-                 face_only: bool = False) -> Path:
+                 face_only: bool = False, takes=None, per_take: bool = False):
     """Export a .blend's animated objects (or ``objects``) over its frame range: glTF when
-    ``out`` ends in .glb/.gltf (``preset`` is FBX's and not used), FBX otherwise."""
+    ``out`` ends in .glb/.gltf (``preset`` is FBX's and not used), FBX otherwise. A .blend
+    whose objects carry takes (``operators.takes``) exports them all as named animations
+    (or ``takes``, a list of names; ``per_take``: one file each, and the paths are
+    returned)."""
+    from . import cli_takes
+    from . import takes as takes_mod
+
     if not Path(blend).is_file():
         raise _bad_input(f".blend file {blend} does not exist")
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -197,11 +224,13 @@ def export_blend(blend: Path, out: Path, objects=None, preset: str = "generic",
         objs = _animated(scene.objects)
     if not objs:
         raise _bad_input(f"{Path(blend).name} has no animated object to export")
-    if Path(out).suffix.lower() in gltf_io.SUFFIXES:
-        return gltf_io.export_gltf(out, objs, frame_start=scene.frame_start,
-                                   frame_end=scene.frame_end, face_only=face_only)
-    return fbx_io.export_fbx(out, objs, frame_start=scene.frame_start, frame_end=scene.frame_end,
-                             preset=preset, face_only=face_only)
+    has_takes = bool(takes_mod.find_takes(objs))
+    if (takes or per_take) and not has_takes:
+        raise _bad_input(f"{Path(blend).name} has no takes (--take and --per-take are for a "
+                         f".blend made from several clips)")
+    paths = cli_takes.export_objects(objs, Path(out), preset, face_only,
+                                     (takes or "all") if has_takes else None, per_take)
+    return paths if per_take else paths[0]
 
 
 def add_reference(capture, actor_objects, frame_start: int = 1, framed=()) -> dict:
@@ -223,15 +252,22 @@ def add_reference(capture, actor_objects, frame_start: int = 1, framed=()) -> di
 
 
 def run_job(capture, out_dir: Path, name: str, character: str = "sample",
-            frame_start: int = 1, flame_dir=None, capture_path=None, **keys) -> dict:
+            frame_start: int = 1, flame_dir=None, capture_path=None, scene_fps=None,
+            **keys) -> dict:
     """The demo scene: actor rig in the middle, retargeted character on the right, the
     actor's video on the left (with its sound strip, :func:`add_reference`); writes
     NAME.blend (all) and NAME.fbx (the character with its animation)."""
     out_dir = Path(out_dir)
     new_scene()
+    timing = "clip"            # the scene takes the clip's rate, else keeps scene_fps
+    if scene_fps is not None:
+        rig_build.set_scene_rate(bpy.context.scene, float(scene_fps))
+        timing = "scene"
     actor_mesh, actor_arm = build_actor(capture, frame_start=frame_start, offset=-SPACING,
-                                        flame_dir=flame_dir, capture_path=capture_path)
-    summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING, **keys)
+                                        flame_dir=flame_dir, capture_path=capture_path,
+                                        timing=timing)
+    summary = retarget(capture, character, frame_start=frame_start, offset=+SPACING,
+                       timing=timing, **keys)
     scene = bpy.context.scene
     char_objs = [bpy.data.objects[n] for n in summary["objects"]]
     fbx = fbx_io.export_fbx(out_dir / f"{name}.fbx", char_objs,

@@ -80,11 +80,15 @@ def _rest_value(data_path: str, index: int) -> float:
 
 
 @contextlib.contextmanager
-def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool, file_space=None):
+def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool, file_space=None,
+                  frame_end: int | None = None):
     """For the duration: the scene is named ``take`` (the exporter names its one take after
     the scene), the current frame is ``frame_start - 1`` where every animated curve of
     ``objs`` holds a temporary rest key (so the file's rest pose is the neutral: shape keys
-    0, bones at rest), root objects without location keys sit at the origin (no offset
+    0, bones at rest), a curve whose last key falls before ``frame_end`` (a clip keyed at
+    its real times in another scene rate ends between frames) holds it there with a
+    temporary key (so the exporters that sample the action's range, glTF's, reach the last
+    frame), root objects without location keys sit at the origin (no offset
     written or keyed), for Unreal the armature object is named "Armature", and with
     ``file_space`` (the exporter's global matrix) the armatures' rest poses are in the
     file's space (:func:`_armatures_in_file_space`)."""
@@ -99,6 +103,12 @@ def _engine_ready(objs, scene, frame_start: int, take: str, unreal: bool, file_s
             for idb in ids:
                 for bag in blender_anim.channelbags_of(idb):
                     for fc in bag.fcurves:
+                        last = max((k.co[0] for k in fc.keyframe_points), default=None)
+                        if frame_end is not None and last is not None and \
+                                frame_start <= last < frame_end - 1e-6:
+                            fe = float(frame_end)
+                            fc.keyframe_points.insert(fe, fc.evaluate(last), options={"FAST"})
+                            undo.append(lambda fc=fc, fe=fe: _drop_key(fc, fe))
                         if any(abs(k.co[0] - rest_frame) < 1e-6 for k in fc.keyframe_points):
                             continue
                         kp = fc.keyframe_points.insert(rest_frame, _rest_value(fc.data_path,
@@ -277,7 +287,7 @@ def _rotation_key_frames(objs, key_of) -> dict:
 
 
 @contextlib.contextmanager
-def _keys_as_baked(frame_start: int, objs):
+def _keys_as_baked(frame_start: int, objs, takes=None):
     """For the duration, the FBX exporter writes the keys that were baked instead of one per
     frame: its ``AnimationCurveNodeWrapper.simplify`` (run when ``bake_anim_simplify_factor``
     is not 0) keeps, on each sampled channel, the frames the LINEAR curve through its samples
@@ -285,13 +295,46 @@ def _keys_as_baked(frame_start: int, objs):
     those are its keys), on a bone's rotation channels that bone's rotation key frames (the
     exporter samples Euler angles, which are not linear between the baked quaternion keys;
     the importer turns the Euler keys back into the same quaternions), and first and last
-    frames always."""
+    frames always.
+
+    With ``takes`` (NLA export: one stack per take, each sampled from its first frame) the
+    rotation key frames are each take's own, relative to its first frame; a bone whose keys
+    fall between the sampled frames (a take keyed at its clip's times in another scene
+    rate) keeps every sampled frame."""
     import importlib
     keyreduce = importlib.import_module(capture_file.__name__.rsplit(".", 1)[0] + ".keyreduce")
     fbx_utils = importlib.import_module("io_scene_fbx.fbx_utils")
+    export_bin = importlib.import_module("io_scene_fbx.export_fbx_bin")
     cls = fbx_utils.AnimationCurveNodeWrapper
     orig = cls.simplify
-    rot_frames = _rotation_key_frames(objs, fbx_utils.get_blenderID_key)
+    orig_do = export_bin.fbx_animations_do
+    key_of = fbx_utils.get_blenderID_key
+    if takes is None:
+        rot = _rotation_key_frames(objs, key_of)
+        by_stack = {None: {k: v - int(frame_start) for k, v in rot.items()}}
+    else:
+        from . import takes as takes_mod
+        by_stack = {}
+        for t in takes:
+            entry, union = {}, set()
+            for arm in (o for o in objs if o.type == "ARMATURE"):
+                for bone_name, fr in takes_mod.take_key_frames(t, arm).items():
+                    fr = np.asarray(fr, np.float64)
+                    whole = np.round(fr)
+                    bone = arm.data.bones.get(bone_name)
+                    idx = whole.astype(int) if np.abs(fr - whole).max(initial=0) < 1e-4 \
+                        else None
+                    if bone is not None:
+                        entry[key_of((arm, bone))] = idx
+                    if idx is not None:
+                        union.update(idx.tolist())
+            entry[None] = np.array(sorted(union), int)
+            by_stack[t.name] = entry
+    current = {"stack": None}
+
+    def fbx_animations_do(scene_data, ref_id, *args, **kw):
+        current["stack"] = getattr(ref_id, "name", None) if takes is not None else None
+        return orig_do(scene_data, ref_id, *args, **kw)
 
     def simplify(self, fac, step, force_keep=False):
         if self._frame_times_array is None:
@@ -301,23 +344,28 @@ def _keys_as_baked(frame_start: int, objs):
         mask[:] = False
         n = mask.shape[1]
         is_rot = self.fbx_gname[0] == "R"
-        rot_idx = rot_frames.get(self.elem_keys[0], rot_frames[None]) - int(frame_start)
+        rot_frames = by_stack.get(current["stack"]) or {None: np.zeros(0, int)}
+        rot_idx = rot_frames.get(self.elem_keys[0], rot_frames.get(None))
         for c in range(mask.shape[0]):
             v = np.asarray(vals[c], np.float64)
             mask[c, 0] = mask[c, -1] = True
             scale = max(1.0, float(np.abs(v).max())) if n else 1.0
             if n <= 2 or float(np.ptp(v)) <= 1e-6 * scale:
                 continue
-            if is_rot:
+            if is_rot and rot_idx is None:
+                mask[c, :] = True
+            elif is_rot:
                 mask[c, rot_idx[(rot_idx >= 0) & (rot_idx < n)]] = True
             else:
                 mask[c, keyreduce.reduce_keys(v, 1e-6 * scale)] = True
 
     cls.simplify = simplify
+    export_bin.fbx_animations_do = fbx_animations_do
     try:
         yield
     finally:
         cls.simplify = orig
+        export_bin.fbx_animations_do = orig_do
 
 
 def _set_time_span(path, start_s: float, stop_s: float) -> None:
@@ -349,7 +397,7 @@ def take_name_of(objects) -> str:
 
 def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool = True,
                global_scale: float = 1.0, preset: str = "generic", take_name: str | None = None,
-               face_only: bool = False) -> Path:
+               face_only: bool = False, takes=None) -> Path:
     """Export ``objects`` (plus their armatures) with their animation to an FBX file.
 
     The file is written under a temporary name in the same folder and renamed when complete.
@@ -373,6 +421,10 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
             output, for comparison).
         take_name: the take's name (default: the clip's, from the baked actions).
         face_only: export only the meshes with shape keys (and their armature).
+        takes: the character's takes (``operators.takes``) to write instead of the assigned
+            actions: a list of take names, or ``"all"``; one animation stack per take, named
+            after it, starting at 0 s (:func:`_export_takes`; ``frame_start``/``frame_end``
+            are not used then: each stack covers its take).
     Returns:
         the path written.
     """
@@ -384,6 +436,9 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
     if preset not in PRESETS:
         raise FbxExportError(f"unknown FBX preset {preset!r}: one of {', '.join(PRESETS)}")
     objs = objects_to_export(objects, face_only, FbxExportError)
+    if takes is not None:
+        return _export_takes(path, objs, None if takes == "all" else list(takes), preset,
+                             global_scale, verify)
     scene = bpy.context.scene
     reduced = baked_reduced(objs)
     as_baked = _keys_as_baked(frame_start, objs) if reduced else contextlib.nullcontext()
@@ -392,19 +447,7 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
                    file_space=None if preset == "plain" else _global_matrix(
                        scene, PRESETS[preset], global_scale)):
         with as_baked, capture_file.written_beside(path, suffix=".fbx.part") as tmp:
-            res = bpy.ops.export_scene.fbx(
-                filepath=tmp, check_existing=False, use_selection=True,
-                object_types={"ARMATURE", "MESH", "EMPTY"},
-                global_scale=global_scale, apply_unit_scale=True,
-                axis_forward="-Z", axis_up="Y", **PRESETS[preset],
-                use_mesh_modifiers=False, mesh_smooth_type="FACE", use_tspace=False,
-                add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X",
-                armature_nodetype="NULL",
-                bake_anim=True, bake_anim_use_all_bones=True,
-                bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False,
-                bake_anim_force_startend_keying=True, bake_anim_step=1.0,
-                bake_anim_simplify_factor=1.0 if reduced else 0.0, path_mode="AUTO",
-                embed_textures=False)
+            res = _fbx_call(tmp, global_scale, preset, reduced, nla=False)
             if "FINISHED" not in res:
                 raise FbxExportError(f"the FBX exporter returned {res}")
             if preset != "plain":
@@ -416,6 +459,94 @@ def export_fbx(path, objects, *, frame_start: int, frame_end: int, verify: bool 
         check_reimport(objs, read_fbx_animation(path), path, FbxExportError,
                        armature_alias="Armature" if preset == "unreal" else None)
     return path
+
+
+def _fbx_call(tmp, global_scale: float, preset: str, reduced: bool, nla: bool):
+    return bpy.ops.export_scene.fbx(
+        filepath=tmp, check_existing=False, use_selection=True,
+        object_types={"ARMATURE", "MESH", "EMPTY"},
+        global_scale=global_scale, apply_unit_scale=True,
+        axis_forward="-Z", axis_up="Y", **PRESETS[preset],
+        use_mesh_modifiers=False, mesh_smooth_type="FACE", use_tspace=False,
+        add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X",
+        armature_nodetype="NULL",
+        bake_anim=True, bake_anim_use_all_bones=True,
+        bake_anim_use_nla_strips=nla, bake_anim_use_all_actions=False,
+        bake_anim_force_startend_keying=True, bake_anim_step=1.0,
+        bake_anim_simplify_factor=1.0 if reduced else 0.0, path_mode="AUTO",
+        embed_textures=False)
+
+
+def _export_takes(path: Path, objs, names, preset: str, global_scale: float,
+                  verify: bool) -> Path:
+    """The takes ``names`` (all when None) of the character ``objs`` as one animation
+    stack each, named after the take, in timeline order, each from 0 s to its length at the
+    takes' rate (:func:`takes.take_rate`), through the exporter's NLA-strip mode (see
+    ``operators/takes.py`` for what bpy 5.0.1 does with it); the other takes' strips are
+    muted for the duration, a take without an object strip gets a temporary one
+    (:func:`takes.carriers`). Rest pose, origin and transforms as :func:`export_fbx`'s
+    presets; the file's global time span is 0 to the longest take. Verified by importing
+    it back: every take is a stack with the shape keys and bones it animates
+    (:func:`read_fbx_takes`)."""
+    from . import takes as takes_mod
+
+    scene = bpy.context.scene
+    try:
+        tk = takes_mod.select_takes(objs, names)
+        rate = takes_mod.take_rate(tk, scene)
+    except takes_mod.TakeError as e:
+        raise FbxExportError(str(e)) from None
+    first = min(t.frames[0] for t in tk)
+    last = max(t.frames[1] for t in tk)
+    reduced = any(float(t.action.get(TOLERANCE_PROP, 0.0) or 0.0) > 0 for t in tk)
+    as_baked = _keys_as_baked(first, objs, tk) if reduced else contextlib.nullcontext()
+    with exporting(objs, first, last, engine_ready=preset != "plain", take_name=tk[0].name,
+                   unreal=preset == "unreal", rate=rate,
+                   file_space=None if preset == "plain" else _global_matrix(
+                       scene, PRESETS[preset], global_scale)):
+        with takes_mod.only_takes(objs, [t.name for t in tk]), \
+                takes_mod.carriers(objs, tk), as_baked, \
+                capture_file.written_beside(path, suffix=".fbx.part") as tmp:
+            res = _fbx_call(tmp, global_scale, preset, reduced, nla=True)
+            if "FINISHED" not in res:
+                raise FbxExportError(f"the FBX exporter returned {res}")
+            if preset != "plain":
+                _set_time_span(tmp, 0.0, max(t.frame_end - t.frame_start for t in tk) / rate)
+    if verify:
+        check_takes_reimport(objs, tk, read_fbx_takes(path), path, FbxExportError,
+                             armature_alias="Armature" if preset == "unreal" else None)
+    return path
+
+
+def check_takes_reimport(objs, takes, got: dict, path, error=ExportError,
+                         armature_alias=None) -> None:
+    """Raise ``error`` unless the re-import ``got`` ({take: {object: entry}}, as
+    :func:`read_fbx_takes`) has every take of ``takes`` as its own animation, with shape-key
+    curves for each mesh and bone curves for the armature that the take animates."""
+    from . import takes as takes_mod
+
+    problems = []
+    missing = [t.name for t in takes if t.name not in got]
+    if missing:
+        problems.append(f"no animation named {', '.join(missing)} (found "
+                        f"{', '.join(got) or 'none'})")
+    for t in takes:
+        entry = got.get(t.name)
+        if entry is None:
+            continue
+        for o in objs:
+            idb = o.data.shape_keys if o.type == "MESH" else o
+            if idb is None or takes_mod._slot_for(t.action, idb) is None:
+                continue
+            e = entry.get(o.name)
+            if e is None and armature_alias and o.type == "ARMATURE":
+                e = entry.get(armature_alias)
+            kind = "shape_keys" if o.type == "MESH" else "bones"
+            if not (e and e[kind]):
+                problems.append(f"{t.name}: {o.name} has no {kind.replace('_', '-')} animation")
+    if problems:
+        raise error(f"{Path(path).name} was written but its re-import lacks: "
+                    + "; ".join(problems))
 
 
 def _global_matrix(scene, options: dict, global_scale: float):
@@ -473,11 +604,12 @@ def objects_to_export(objects, face_only: bool, error=ExportError) -> list:
 
 @contextlib.contextmanager
 def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = True,
-              take_name: str | None = None, unreal: bool = False, file_space=None):
+              take_name: str | None = None, unreal: bool = False, file_space=None,
+              rate: float | None = None):
     """For the duration of an exporter call: object mode, exactly ``objs`` selected (and
-    shown), the scene's range ``frame_start..frame_end``, the scene's frame rate the clip's
-    (:func:`clip_rate`: a frame's time is frame / the capture's rate, whatever the scene's
-    rate), a context override naming them, and with ``engine_ready`` what
+    shown), the scene's range ``frame_start..frame_end``, the scene's frame rate ``rate``,
+    by default the clip's (:func:`clip_rate`: a frame's time is frame / the capture's rate,
+    whatever the scene's rate), a context override naming them, and with ``engine_ready`` what
     :func:`_engine_ready` does (the take named ``take_name``, default :func:`take_name_of`;
     neutral rest; the character at its origin; armatures in ``file_space``). Everything is
     put back afterwards."""
@@ -489,7 +621,7 @@ def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = Tr
     prev_active = view_layer.objects.active
     prev_range = (scene.frame_start, scene.frame_end)
     prev_rate = (scene.render.fps, scene.render.fps_base)
-    rate = clip_rate(objs, scene)
+    rate = clip_rate(objs, scene) if rate is None else float(rate)
     hidden = [o for o in objs if o.hide_get()]
     try:
         if abs(rate - prev_rate[0] / prev_rate[1]) > 1e-6 * rate:
@@ -504,7 +636,8 @@ def exporting(objs, frame_start: int, frame_end: int, *, engine_ready: bool = Tr
         view_layer.objects.active = objs[0]
         scene.frame_start, scene.frame_end = int(frame_start), int(frame_end)
         ready = _engine_ready(objs, scene, int(frame_start), take_name or take_name_of(objs),
-                              unreal, file_space) if engine_ready else contextlib.nullcontext()
+                              unreal, file_space, int(frame_end)) if engine_ready else \
+            contextlib.nullcontext()
         with ready, bpy.context.temp_override(selected_objects=objs, active_object=objs[0]):
             yield
     finally:
@@ -626,36 +759,117 @@ def animation_of(new_objects, old_names, frame_scale: float = 1.0) -> dict:
     """The shape-key and bone curves of imported objects in :func:`read_fbx_animation`'s
     form; frames multiplied by ``frame_scale`` and rounded to 1e-4 (importers that convert
     float32 seconds give 0.9999991 for frame 1)."""
-    def frames_of(fr):
-        return np.round(fr * frame_scale, 4)
     result: dict = {}
     for o in new_objects:
-        name = o.name
-        m = re.match(r"^(.*)\.\d{3}$", name)
-        if m and m.group(1) in old_names:
-            name = m.group(1)
         entry = {"shape_keys": {}, "bones": {}}
         if o.type == "MESH" and o.data.shape_keys is not None:
-            for (dp, idx), (fr, val) in blender_anim.read_fcurves(o.data.shape_keys).items():
-                km = _KEY_RE.match(dp)
-                if km:
-                    entry["shape_keys"][_unescape(km.group(1))] = (frames_of(fr), val)
+            _add_curves(entry, blender_anim.read_fcurves(o.data.shape_keys), frame_scale)
         if o.type == "ARMATURE":
-            chans: dict[tuple[str, str], dict[int, tuple]] = {}
-            for (dp, idx), fv in blender_anim.read_fcurves(o).items():
-                bm = _BONE_RE.match(dp)
-                if bm:
-                    chans.setdefault((_unescape(bm.group(1)), bm.group(2)), {})[idx] = fv
-            for (bone, prop), comps in chans.items():
-                n = 4 if prop == "rotation_quaternion" else 3
-                if sorted(comps) != list(range(n)):
-                    continue
-                fr = comps[0][0]
-                vals = np.stack([np.interp(fr, *comps[i]) for i in range(n)], -1)
-                entry["bones"].setdefault(bone, {})[prop] = (frames_of(fr), vals)
+            _add_curves(entry, blender_anim.read_fcurves(o), frame_scale)
         if entry["shape_keys"] or entry["bones"] or o.type in ("MESH", "ARMATURE"):
-            result[name] = entry
+            result[_import_name(o.name, old_names)] = entry
     return result
+
+
+def _import_name(name: str, old_names) -> str:
+    """An imported object's name without the ``.001`` the importer added because the
+    user's file has an object of that name."""
+    m = re.match(r"^(.*)\.\d{3}$", name)
+    return m.group(1) if m and m.group(1) in old_names else name
+
+
+def _add_curves(entry: dict, curves: dict, frame_scale: float = 1.0) -> None:
+    """Shape-key and bone curves of ``curves`` ({(data_path, index): (frames, values)})
+    into ``entry`` (:func:`read_fbx_animation`'s form), frames times ``frame_scale`` rounded
+    to 1e-4 (importers that convert float32 seconds give 0.9999991 for frame 1)."""
+    def frames_of(fr):
+        return np.round(fr * frame_scale, 4)
+    chans: dict[tuple[str, str], dict[int, tuple]] = {}
+    for (dp, idx), fv in curves.items():
+        km = _KEY_RE.match(dp)
+        if km:
+            entry["shape_keys"][_unescape(km.group(1))] = (frames_of(fv[0]), fv[1])
+            continue
+        bm = _BONE_RE.match(dp)
+        if bm:
+            chans.setdefault((_unescape(bm.group(1)), bm.group(2)), {})[idx] = fv
+    for (bone, prop), comps in chans.items():
+        n = 4 if prop == "rotation_quaternion" else 3
+        if sorted(comps) != list(range(n)):
+            continue
+        fr = comps[0][0]
+        vals = np.stack([np.interp(fr, *comps[i]) for i in range(n)], -1)
+        entry["bones"].setdefault(bone, {})[prop] = (frames_of(fr), vals)
+
+
+def _bag_curves(bag) -> dict:
+    """{(data_path, index): (frames, values)} of one channelbag, as float64."""
+    out = {}
+    for fc in bag.fcurves:
+        n = len(fc.keyframe_points)
+        co = np.empty(2 * n, dtype=np.float32)
+        fc.keyframe_points.foreach_get("co", co)
+        co = co.astype(np.float64).reshape(n, 2)
+        out[(fc.data_path, fc.array_index)] = (co[:, 0], co[:, 1])
+    return out
+
+
+def actions_by_take(actions, new_objects, old_names, frame_scale: float = 1.0,
+                    name_of=None, old_actions=()) -> dict:
+    """The imported ``actions`` grouped by take: {take: {object name: {"shape_keys",
+    "bones"}}}. ``name_of(action)`` gives (take, datablock name) (FBX's importer names its
+    actions ``<datablock>|<stack>``); each action slot's curves go to the imported object
+    it animates: a shape-key slot to the mesh whose shape keys have that name (glTF's
+    importer names slots after the mesh), an object slot to that object. A take name the
+    import suffixed (``laugh.001``, because the user's file has an action ``laugh``:
+    ``old_actions``) is read without the suffix."""
+    objs = {o.name: o for o in new_objects}
+    keys = {}
+    for o in new_objects:
+        if o.type == "MESH" and o.data.shape_keys is not None:
+            keys[o.data.shape_keys.name] = o
+            keys.setdefault(o.name, o)
+    out: dict = {}
+    for act in actions:
+        take, id_name = name_of(act) if name_of else (act.name, None)
+        take = _import_name(take, old_actions)
+        for slot in act.slots:
+            target = id_name or slot.name_display
+            o = keys.get(target) if slot.target_id_type == "KEY" else objs.get(target)
+            if o is None:
+                continue
+            curves = {}
+            for layer in act.layers:
+                for st in layer.strips:
+                    bag = st.channelbag(slot)
+                    if bag is not None:
+                        curves.update(_bag_curves(bag))
+            entry = out.setdefault(take, {}).setdefault(
+                _import_name(o.name, old_names), {"shape_keys": {}, "bones": {}})
+            _add_curves(entry, curves, frame_scale)
+    return out
+
+
+def read_fbx_takes(path) -> dict:
+    """Import an FBX with several animation stacks (takes) into a temporary scene and read
+    every stack back: {stack name: {object name: {"shape_keys": {...}, "bones": {...}}}} in
+    :func:`read_fbx_animation`'s entry form, frames counted from the stack's start. The
+    user's scene is left as it was."""
+    before = set(bpy.data.actions)
+
+    def fbx_import():
+        return bpy.ops.import_scene.fbx(filepath=str(path), use_anim=True,
+                                        automatic_bone_orientation=False,
+                                        ignore_leaf_bones=False, use_custom_props=False,
+                                        anim_offset=0.0)
+
+    def name_of(act):
+        id_name, _, stack = act.name.partition("|")
+        return stack, id_name
+    with imported(path, fbx_import, FbxExportError) as (new_objects, tmp_scene, old_names):
+        new = [a for a in bpy.data.actions if a not in before]
+        return actions_by_take(new, new_objects, old_names, 1.0 / tmp_scene.render.fps_base,
+                               name_of)
 
 
 def save_blend(path, relative_remap: bool = True) -> Path:
@@ -678,6 +892,7 @@ def save_blend(path, relative_remap: bool = True) -> Path:
     return path
 
 
-__all__ = ["export_fbx", "read_fbx_animation", "save_blend", "ExportError", "FbxExportError",
+__all__ = ["export_fbx", "read_fbx_animation", "read_fbx_takes", "actions_by_take",
+           "check_takes_reimport", "save_blend", "ExportError", "FbxExportError",
            "PRESETS", "take_name_of", "objects_to_export", "exporting", "check_reimport",
            "imported", "animation_of", "clip_rate", "FPS_PROP"]

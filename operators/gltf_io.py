@@ -91,6 +91,28 @@ def read_gltf(path) -> tuple[dict, bytes]:
     return doc, blob
 
 
+def write_glb(doc: dict, blob: bytes) -> bytes:
+    """A GLB file's bytes from its JSON document and binary chunk (both padded to 4 bytes,
+    JSON with spaces, the binary chunk with zeros, as the glTF 2.0 specification says)."""
+    js = json.dumps(doc, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 4)
+    blob = bytes(blob) + b"\0" * (-len(blob) % 4)
+    chunks = struct.pack("<II", len(js), _JSON) + js
+    if blob:
+        chunks += struct.pack("<II", len(blob), _BIN) + blob
+    return struct.pack("<III", _GLB_MAGIC, 2, 12 + len(chunks)) + chunks
+
+
+def _neutral_rest_weights(glb: bytes) -> bytes:
+    """The GLB with every mesh's default morph weights 0 (the neutral face): the exporter's
+    ACTIONS mode writes what the shape keys hold after it has sampled the takes."""
+    doc, blob = read_glb(glb)
+    for m in doc.get("meshes", []):
+        if "weights" in m:
+            m["weights"] = [0.0] * len(m["weights"])
+    return write_glb(doc, blob)
+
+
 def _embedded_gltf(glb: bytes) -> bytes:
     """The GLB's content as a single .gltf file: buffer 0 as a base64 data URI."""
     doc, blob = read_glb(glb)
@@ -157,7 +179,7 @@ def _true_time_base(scene):
 
 
 def export_gltf(path, objects, *, frame_start: int, frame_end: int, verify: bool = True,
-                take_name: str | None = None, face_only: bool = False) -> Path:
+                take_name: str | None = None, face_only: bool = False, takes=None) -> Path:
     """Export ``objects`` (plus their armatures) with their animation to a .glb, or a .gltf
     with its buffer embedded, written under a temporary name and renamed when complete.
 
@@ -171,6 +193,10 @@ def export_gltf(path, objects, *, frame_start: int, frame_end: int, verify: bool
         verify: re-import the file (:func:`read_gltf_animation`) and raise
             :class:`GltfExportError` when an animated object comes back without animation.
         face_only: export only the meshes with shape keys (and their armature).
+        takes: the character's takes (``operators.takes``) to write instead of the assigned
+            actions: a list of take names, or ``"all"``: one animation per take, named
+            after it, from 0 s (:func:`_export_takes`; ``frame_start``/``frame_end`` are not
+            used then).
     Returns:
         the path written.
     """
@@ -180,6 +206,8 @@ def export_gltf(path, objects, *, frame_start: int, frame_end: int, verify: bool
     if not path.parent.is_dir():
         raise GltfExportError(f"output folder {path.parent} does not exist")
     objs = fbx_io.objects_to_export(objects, face_only, GltfExportError)
+    if takes is not None:
+        return _export_takes(path, objs, None if takes == "all" else list(takes), verify)
     take = take_name or fbx_io.take_name_of(objs)
     scene = bpy.context.scene
     with fbx_io.exporting(objs, frame_start, frame_end, take_name=take), \
@@ -200,6 +228,82 @@ def export_gltf(path, objects, *, frame_start: int, frame_end: int, verify: bool
     return path
 
 
+#: the exporter's options for takes: one animation per action (a take's action holds its
+#: shape-key and armature slots, merged into one animation named after it), over the
+#: action's frames slid to 0 s; muted strips (the other takes, the rest tracks) left out
+TAKE_OPTIONS = dict(OPTIONS, export_animation_mode="ACTIONS", export_merge_animation="ACTION",
+                    export_anim_single_armature=False, export_anim_slide_to_zero=True)
+
+
+def _export_takes(path: Path, objs, names, verify: bool) -> Path:
+    """The takes ``names`` (all when None) of the character ``objs`` as one glTF animation
+    each, named after the take, each from 0 s to its length at the takes' rate: the
+    exporter's ACTIONS mode with the other takes' strips and the rest tracks muted (see
+    ``operators/takes.py``), the scene's range over all of them; the morph targets' default
+    weights are set to 0 (the neutral) in the file. Checked: every take's first time is 0
+    and its last its length; re-imported (:func:`read_gltf_takes`), every take is an
+    animation with the shape keys and bones it animates."""
+    from . import takes as takes_mod
+
+    scene = bpy.context.scene
+    try:
+        tk = takes_mod.select_takes(objs, names)
+        rate = takes_mod.take_rate(tk, scene)
+    except takes_mod.TakeError as e:
+        raise GltfExportError(str(e)) from None
+    first = min(t.frames[0] for t in tk)
+    last = max(t.frames[1] for t in tk)
+    with fbx_io.exporting(objs, first, last, take_name=tk[0].name, rate=rate), \
+            takes_mod.only_takes(objs, [t.name for t in tk], mute_rest=True), \
+            capture_file.written_beside(path, suffix=".part.glb") as tmp:
+        with _true_time_base(scene):
+            res = bpy.ops.export_scene.gltf(filepath=tmp, export_format="GLB",
+                                            export_nla_strips_merged_animation_name=tk[0].name,
+                                            **TAKE_OPTIONS)
+        if "FINISHED" not in res:
+            raise GltfExportError(f"the glTF exporter returned {res}")
+        glb = _neutral_rest_weights(Path(tmp).read_bytes())
+        doc, blob = read_glb(glb)
+        anims = {a.get("name"): a for a in doc.get("animations", [])}
+        for t in tk:
+            a = anims.get(t.name)
+            if a is None:
+                raise GltfExportError(f"the glTF exporter wrote no animation for take {t.name} "
+                                      f"(wrote {', '.join(map(str, anims)) or 'none'})")
+            times = [accessor(doc, blob, smp["input"]) for smp in a["samplers"]]
+            t0 = min(float(x[0]) for x in times)
+            t1 = max(float(x[-1]) for x in times)
+            want = (t.frame_end - t.frame_start) / rate
+            if abs(t0) > 1e-5 or abs(t1 - want) > 1.5 / rate:
+                raise GltfExportError(f"take {t.name}: the glTF exporter wrote {t0:.4f}-"
+                                      f"{t1:.4f} s, not 0-{want:.4f} s ({rate:.4f} fps)")
+        if path.suffix.lower() == ".gltf":
+            glb = _embedded_gltf(glb)
+        Path(tmp).write_bytes(glb)
+    if verify:
+        fbx_io.check_takes_reimport(objs, tk, read_gltf_takes(path), path, GltfExportError)
+    return path
+
+
+def read_gltf_takes(path) -> dict:
+    """Import a .glb/.gltf with several animations into a temporary scene and read each
+    back: {animation name: {object name: {"shape_keys", "bones"}}} (Blender's glTF importer
+    makes one action per animation, named after it, with a slot per animated object)."""
+    scene = bpy.context.scene
+    base = scene.render.fps_base if scene is not None else 1.0
+    before = set(bpy.data.actions)
+
+    def gltf_import():
+        return bpy.ops.import_scene.gltf(filepath=str(path), disable_bone_shape=True,
+                                         import_select_created_objects=False)
+    with fbx_io.imported(path, gltf_import, GltfExportError,
+                         fps_base=None if abs(base - 1.0) < 1e-9 else 1.0 / base) as (
+            new_objects, _scene, old_names):
+        new = [a for a in bpy.data.actions if a not in before]
+        return fbx_io.actions_by_take(new, new_objects, old_names,
+                                      old_actions={a.name for a in before})
+
+
 def read_gltf_animation(path) -> dict:
     """Import a .glb/.gltf into a temporary scene and read its animation back, in
     :func:`fbx_io.read_fbx_animation`'s form (frames of the current scene's rate); the
@@ -216,5 +320,6 @@ def read_gltf_animation(path) -> dict:
         return fbx_io.animation_of(new_objects, old_names)
 
 
-__all__ = ["export_gltf", "read_gltf_animation", "read_gltf", "read_glb", "accessor",
+__all__ = ["export_gltf", "read_gltf_animation", "read_gltf_takes", "read_gltf", "read_glb",
+           "write_glb", "accessor", "TAKE_OPTIONS",
            "GltfExportError", "OPTIONS", "SUFFIXES"]

@@ -50,6 +50,25 @@ def emotion_problem(context) -> str | None:
 _TIMELINE_CACHE: dict = {}
 
 
+def frame_ratio(scene, clip_fps: float) -> float:
+    """Scene frames per captured frame: the scene's rate over the clip's (1 in a scene
+    retimed to the clip; 0.8 for a 30 fps clip keyed at its real times in a 24 fps scene,
+    ``rig_build.capture_key_frames``)."""
+    from .rig_build import ntsc_rate
+    rate = scene.render.fps / scene.render.fps_base
+    return rate / ntsc_rate(clip_fps) if clip_fps and clip_fps > 0 else 1.0
+
+
+def capture_index(scene, frame_start: int, clip_fps: float) -> int:
+    """The captured frame shown at the scene's current frame."""
+    return int(round((scene.frame_current - frame_start) / frame_ratio(scene, clip_fps)))
+
+
+def scene_frame(scene, frame_start: int, clip_fps: float, index: int) -> int:
+    """The scene frame nearest to captured frame ``index``."""
+    return int(round(frame_start + index * frame_ratio(scene, clip_fps)))
+
+
 def timeline(context, max_segments: int = 8) -> dict | None:
     """The capture's emotion at a glance, cached per file version: {"classes", "probs"
     (N,C), "dominant" (N,), "segments": [(first, last, class)] (capture frames, short
@@ -77,7 +96,7 @@ def timeline(context, max_segments: int = 8) -> dict | None:
     dom = probs.argmax(1)
     value = {"classes": classes, "probs": probs, "dominant": dom,
              "segments": segments(dom, max_segments), "valid": np.asarray(cap["valid"]),
-             "n": int(probs.shape[0])}
+             "n": int(probs.shape[0]), "fps": float(cap.fps)}
     _TIMELINE_CACHE.clear()
     _TIMELINE_CACHE.update(key=key, value=value)
     return value
@@ -243,7 +262,10 @@ class EMOCA_OT_key_emotion(bpy.types.Operator):
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
         obj = emotion_target(context)
-        names = key_emotion_curves(obj, cap, context.scene.emoca.frame_start)
+        from . import rig_build
+        start = context.scene.emoca.frame_start      # the rig's key frames (Scene Rate)
+        names = key_emotion_curves(obj, cap, start, frames=rig_build.capture_key_frames(
+            cap, start, rig_build.scene_rate(context.scene)))
         context.view_layer.update()
         context.scene.frame_set(context.scene.frame_current)
         if not names:
@@ -289,11 +311,11 @@ class EMOCA_OT_emotion_find_similar(bpy.types.Operator):
         except capture_file.CaptureError as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
-        q = scene.frame_current - props.frame_start
+        q = capture_index(scene, props.frame_start, cap.fps)
         if not 0 <= q < cap.n_frames:
+            last = scene_frame(scene, props.frame_start, cap.fps, cap.n_frames - 1)
             self.report({'ERROR'}, f"Frame {scene.frame_current} is outside the capture "
-                                   f"(frames {props.frame_start}-"
-                                   f"{props.frame_start + cap.n_frames - 1})")
+                                   f"(frames {props.frame_start}-{last})")
             return {'CANCELLED'}
         me = capture_stem(path)
         try:
@@ -316,7 +338,8 @@ class EMOCA_OT_emotion_find_similar(bpy.types.Operator):
             item = es.matches.add()
             item.here = here
             item.clip = m.clip
-            item.frame = m.frame + props.frame_start if item.here else m.frame
+            item.frame = scene_frame(scene, props.frame_start, cap.fps, m.frame) \
+                if item.here else m.frame
             item.distance = m.distance
             item.label = m.label
         es.query_frame = scene.frame_current

@@ -66,6 +66,20 @@ def _default_path(context, ext: str) -> str:
     return "face_animation" + ext
 
 
+_TAKES = [('ASSIGNED', "Current Animation", "The animation the objects play now, over the "
+           "scene's frame range (one animation)"),
+          ('ALL', "All Takes", "Every take on the character as its own named animation, in "
+           "one file"),
+          ('PER_TAKE', "One File per Take", "Every take in its own file, NAME_<take>.fbx/.glb "
+           "beside the file chosen")]
+
+
+def has_takes(objects) -> bool:
+    """Whether the objects carry takes (``operators.takes``)."""
+    from . import takes
+    return bool(takes.find_takes(objects))
+
+
 _SOURCES = [('TARGETS', "Character", "The retarget targets (Face Mesh and Armature fields)"),
             ('ACTOR', "Actor Rig", "The actor rig built from the capture"),
             ('SELECTED', "Selected", "The selected objects")]
@@ -80,6 +94,8 @@ class _AnimationExport(ExportHelper):
 
     source: EnumProperty(name="Objects", description="What to export", items=_SOURCES,
                          default='TARGETS')
+    takes: EnumProperty(name="Takes", description="What animation to write when the "
+                        "character carries takes", items=_TAKES, default='ALL')
 
     @classmethod
     def poll(cls, context):
@@ -89,6 +105,9 @@ class _AnimationExport(ExportHelper):
     def invoke(self, context, event):
         if not self.properties.is_property_set("source"):
             self.source = default_source(context)
+        if not self.properties.is_property_set("takes") and \
+                not has_takes(export_objects(context, self.source)):
+            self.takes = 'ASSIGNED'
         if not self.filepath:
             self.filepath = _default_path(context, self.filename_ext)
         context.window_manager.fileselect_add(self)
@@ -115,6 +134,15 @@ class _AnimationExport(ExportHelper):
         scene = context.scene
         what = f"{self.format_name} export failed"
         try:
+            if self.takes != 'ASSIGNED' and has_takes(objects):
+                from . import cli_takes
+                outs = cli_takes.export_objects(objects, path, face_only=False, which="all",
+                                                per_take=self.takes == 'PER_TAKE')
+                out = ", ".join(str(p) for p in outs)
+                self.report({'INFO'}, f"Exported {len(objects)} objects, "
+                            f"{'one file per take' if len(outs) > 1 else 'every take'}, to "
+                            f"{out}")
+                return {'FINISHED'}
             out = self.write(path, objects, scene)
         except (OSError, ValueError) as e:
             self.report({'ERROR'}, f"{what}: {e}")

@@ -348,10 +348,18 @@ class EMOCA_OT_retarget(bpy.types.Operator):
         return {'FINISHED'}
 
 
-def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict, int, list[str]]:
+def run_retarget(context, cap, rs=None, method: str | None = None, *,
+                 frame_start: int | None = None, action_name: str | None = None,
+                 one_action: bool = False, set_scene: bool = True,
+                 timing: str | None = None, use_range: bool = True
+                 ) -> tuple[dict, int, list[str]]:
     """The Retarget operator's work (also for scripts): returns (bake summary, channels
     baked, warnings). ``method`` overrides the settings' ('name' for captures without
-    landmarks). Raises ValueError (RetargetError...) with a message for the user."""
+    landmarks). The takes (``ops_takes``) bake through here too, with their own
+    ``frame_start``, ``action_name`` (one action per take: ``one_action``) and ``set_scene``,
+    and without the panel's frame range and offset (``use_range`` False); ``timing``
+    defaults to the scene's Scene Rate (``properties.timing``). Raises ValueError
+    (RetargetError...) with a message for the user."""
     from . import retarget_bake
     props = context.scene.emoca
     meshes, armature = resolve_targets(context)
@@ -413,18 +421,24 @@ def run_retarget(context, cap, rs=None, method: str | None = None) -> tuple[dict
             f"Mapping), or use the By Geometry method")
     frame_range = None
     first = 0
-    if rs is not None and rs.use_frame_range:
+    timing = properties.timing(context) if timing is None else timing
+    if rs is not None and rs.use_frame_range and use_range:
         frame_range = (rs.frame_first, rs.frame_last)
         first = rs.frame_first
-    offset = rs.frame_offset if rs is not None else 0
+        if timing == "scene" and 0 <= first < cap.n_frames:   # its real time, in scene frames
+            from . import rig_build
+            first = int(round(rig_build.capture_seconds(cap)[first] *
+                              rig_build.timing_rate(cap, timing)))
+    offset = rs.frame_offset if (rs is not None and use_range) else 0
     stem = capture_stem(properties.abspath(props.capture_path))
     summary = retarget_bake.bake_capture(
         cap, meshes, armature=armature, mapping=mapping, bones=bones if bones else {},
-        frame_start=props.frame_start + offset + first, action_name=f"EMOCA_{stem}",
+        frame_start=(props.frame_start if frame_start is None else frame_start) + offset + first,
+        action_name=action_name or f"EMOCA_{stem}",
         calibration=calibration or None, neutral_frame=nf if curves is None else None,
         bone_settings=bone_st or None, frame_range=frame_range, curves=curves,
         tables=_tables(rs), eye_drive=rs.eye_drive if rs is not None else "auto",
-        **key_tolerances(rs))
+        timing=timing, one_action=one_action, set_scene=set_scene, **key_tolerances(rs))
     eyes = summary.get("eyes", {})
     if rs is not None and eyes:
         rs.eye_status = f"{eyes['drive'].replace('_', ' ')}: {eyes['reason']}"

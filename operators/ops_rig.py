@@ -91,7 +91,8 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
                 model, f"Actor_{stem}", collection=ensure_collection(context.scene),
                 with_armature=True, **kw)
             summary = rig_build.animate_head_rig(mesh, arm, cap, frame_start=props.frame_start,
-                                                 channels=channels)
+                                                 channels=channels,
+                                                 timing=properties.timing(context))
         except ValueError as e:
             self.report({'ERROR'}, f"Build rig failed: {e}")
             return {'CANCELLED'}
@@ -100,7 +101,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         props.actor_mesh = mesh
         if arm is not None:
             props.actor_armature = arm
-        _key_emotion(arm or mesh, cap, props.frame_start)
+        _key_emotion(arm or mesh, cap, props.frame_start, properties.timing(context))
         select_only(context, [arm or mesh, mesh])
         n_keys = len(summary.get("shape_keys", ())) if isinstance(summary, dict) else 0
         first, last = (summary.get("frames") if isinstance(summary, dict) else None) or \
@@ -132,7 +133,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             stem = capture_stem(capture_path)
             mesh, arm, summary = rig_build.build_flame_rig(
                 model, cap, f"Actor_{stem}", collection=ensure_collection(context.scene),
-                frame_start=props.frame_start)
+                frame_start=props.frame_start, timing=properties.timing(context))
             from . import displacement_material as dm
             if dm._core_module("displacement").sequence_dir(capture_path).is_dir():
                 dm.apply_to_rig(mesh, capture_path, frame_start=props.frame_start)
@@ -144,7 +145,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         props.actor_mesh = mesh
         if arm is not None:
             props.actor_armature = arm
-        _key_emotion(arm or mesh, cap, props.frame_start)
+        _key_emotion(arm or mesh, cap, props.frame_start, properties.timing(context))
         select_only(context, [arm or mesh, mesh])
         self.report({'INFO'}, f"Built FLAME rig {mesh.name}: {cap.n_frames} frames")
         _add_reference(self, context, cap)
@@ -163,11 +164,14 @@ def _add_reference(op, context, cap) -> None:
     op.report({level}, msg)
 
 
-def _key_emotion(obj, cap, frame_start: int) -> None:
-    """The capture's emotion curves, when it has them, keyed on the rig (custom properties)."""
+def _key_emotion(obj, cap, frame_start: int, timing: str = "clip") -> None:
+    """The capture's emotion curves, when it has them, keyed on the rig (custom properties),
+    at the rig's key frames."""
     if "emotion_probs" in cap:
-        from . import ops_emotion
-        ops_emotion.key_emotion_curves(obj, cap, frame_start)
+        from . import ops_emotion, rig_build
+        frames = rig_build.capture_key_frames(cap, frame_start,
+                                              rig_build.timing_rate(cap, timing))
+        ops_emotion.key_emotion_curves(obj, cap, frame_start, frames=frames)
 
 
 class EMOCA_OT_add_sample_character(bpy.types.Operator):

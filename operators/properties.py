@@ -276,6 +276,14 @@ def worker_python(context=None) -> tuple[str, str]:
                                         runtime_venv=runtime_venv())
 
 
+def timing(context=None) -> str:
+    """The bakes' ``timing`` from the scene's Scene Rate: "scene" (keep the scene's rate,
+    keys at the clip's real times) or "clip" (retime the scene to the clip)."""
+    context = context or bpy.context
+    props = getattr(context.scene, "emoca", None)
+    return "clip" if getattr(props, "timing", "SCENE") == "CLIP" else "scene"
+
+
 def device(context=None) -> str:
     """The device the capture asks for: the scene's choice, else the preference."""
     context = context or bpy.context
@@ -335,6 +343,17 @@ class EMOCA_SceneProperties(bpy.types.PropertyGroup):
     frame_start: IntProperty(
         name="Start Frame", description="Scene frame where the capture's first frame lands",
         default=1)
+    timing: EnumProperty(
+        name="Scene Rate", description="How the capture's frames are timed in the scene "
+        "(Build Rig, Retarget and takes)",
+        items=[('SCENE', "Keep Scene Rate", "The scene keeps its frame rate and every "
+                "captured frame is keyed at its real time in it (a 29.97 fps clip in a 24 fps "
+                "scene: frame i at Start + t_i x 24, between whole frames where the rates "
+                "differ)"),
+               ('CLIP', "Retime Scene to Clip", "Set the scene's frame rate to the clip's "
+                "(e.g. 30000/1001 for 29.97 fps): one key per captured frame, on whole "
+                "frames")],
+        default='SCENE')
     # -- rig ------------------------------------------------------------------------------
     rig_channels: EnumProperty(
         name="Channels", description="Which capture curves drive the actor rig's shape keys",

@@ -263,7 +263,8 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                  curves=None, tables=retarget.TABLES, eye_drive: str = "auto",
                  consistent_eyes: bool = True,
                  tolerance: float | None = keyreduce.WEIGHT_TOLERANCE,
-                 angle_tolerance_deg: float | None = keyreduce.ANGLE_TOLERANCE_DEG) -> dict:
+                 angle_tolerance_deg: float | None = keyreduce.ANGLE_TOLERANCE_DEG,
+                 timing: str = "clip", one_action: bool = False) -> dict:
     """Bake a capture onto characters as plain LINEAR keyframes: only the keys each curve
     needs to stay within a tolerance of the dense bake (one key per captured frame) at every
     frame, or the dense bake itself with ``tolerance=None``.
@@ -279,8 +280,17 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
             as head); guessed with :func:`guess_bones` when None. Pass ``{}`` for no bones.
         frame_start: scene frame of the first baked capture frame (the frame offset).
         action_name: base name of the actions (default: the capture's source file stem);
-            each target's action is ``<base>|<object name>``.
-        set_scene: set the scene's frame range and frame rate to the baked range.
+            each target's action is ``<base>|<object name>``, or with ``one_action`` one
+            action named ``<base>`` holds every target's curves (one slot per target: the
+            meshes' shape keys and the armature), as a take (``takes``) does.
+        set_scene: set the scene's frame range (and, with ``timing="clip"``, its frame rate)
+            to the baked range.
+        timing: ``"clip"``: the keys are placed at the clip's frame rate (whole frames for a
+            constant-rate clip) and ``set_scene`` retimes the scene to it; ``"scene"``: the
+            scene keeps its rate and each captured frame lands at its real time in it,
+            ``frame_start + t * scene rate`` (fractional frames where the rates differ; see
+            ``rig_build.capture_key_frames``). Either way the actions record the rate their
+            frames are in (``fbx_io.FPS_PROP``), which the exports use.
         calibration: {channel: ``retarget.ChannelCalibration``} (gain, offset, clamp,
             smoothing); channels not listed are clamped to [0, 1]. Applied, with the neutral
             frame zeroing, when either is given.
@@ -302,7 +312,9 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
         angle_tolerance_deg: bone rotation tolerance in degrees of rotation angle (the 4
             quaternion curves of a bone reduced jointly); None: dense bones.
     Returns:
-        {"frames": (first, last) scene frames, "fps": float, "keys": total keys written,
+        {"frames": (first, last) scene frames (the last key's frame rounded up), "fps": the
+         clip's rate, "rate": the rate the keys are placed in, "timing",
+         "keys": total keys written,
          "keys_dense": keys of the dense bake, "tolerance", "angle_tolerance_deg",
          "actions": {object name: action name},
          "shape_keys": {mesh name: {"mapped": {channel: [keys]}, "unmapped_channels": [...],
@@ -322,7 +334,8 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                             f"(0-{N_all - 1})")
     sel = slice(lo_f, hi_f + 1)
     N = hi_f - lo_f + 1
-    frames = frame_start + np.arange(N, dtype=np.float64)
+    rate = rig_build.timing_rate(capture, timing)
+    frames = rig_build.capture_key_frames(capture, frame_start, rate, sel)
     base = action_name or _stem(capture)
     meshes = []
     for o in targets:
@@ -352,7 +365,8 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
     col = {n: i for i, n in enumerate(ch_names)}
     if tolerance is None:
         angle_tolerance_deg = None
-    summary = {"frames": (int(frames[0]), int(frames[-1])), "fps": capture.fps, "keys": 0,
+    summary = {"frames": (int(np.floor(frames[0] + 1e-6)), int(np.ceil(frames[-1] - 1e-6))),
+               "fps": capture.fps, "rate": rate, "timing": timing, "keys": 0,
                "keys_dense": 0, "tolerance": tolerance, "angle_tolerance_deg": angle_tolerance_deg,
                "actions": {}, "shape_keys": {}, "bones": {}, "missing_bones": [], "warnings": []}
 
@@ -409,7 +423,7 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                 angles.setdefault(rot["channel"], []).append(np.radians(rot["angle_deg"]))
             w = gaze.eyelook_weights(eyes[sel], {c: float(np.mean(a)) for c, a in angles.items()})
             override = {k: w[rot["channel"]] for k, rot in turns.items() if rot["channel"] in w}
-        name = f"{base}|{obj.name}"
+        name = base if one_action else f"{base}|{obj.name}"
         action, bag = blender_anim.ensure_action(key, name)
         kept: dict[int, np.ndarray] = {}
         if tolerance is not None and m:     # every mapped channel at once
@@ -465,18 +479,18 @@ def bake_capture(capture, targets, armature=None, mapping=None, bones=None, fram
                 raise RetargetError(msg)
             summary["warnings"].append(msg)
         else:
-            name = f"{base}|{armature.name}"
+            name = base if one_action else f"{base}|{armature.name}"
             action, bag = blender_anim.ensure_action(armature, name)
             summary["keys"] += rig_build.write_bone_rotations(
                 bag, armature, rot, frames, world=True, angle_tolerance_deg=angle_tolerance_deg)
             summary["keys_dense"] += 4 * N * len(rot)
             summary["actions"][armature.name] = action.name
 
-    for name in summary["actions"].values():   # frames are capture frames: their rate
-        bpy.data.actions[name][fbx_io.FPS_PROP] = float(capture.fps)
+    for name in summary["actions"].values():   # the rate the keys' frames are in
+        bpy.data.actions[name][fbx_io.FPS_PROP] = float(rate)
         bpy.data.actions[name][TOLERANCE_PROP] = float(tolerance or 0.0)
     if set_scene:
-        rig_build.set_scene_timing(bpy.context.scene, capture.fps, frame_start, N)
+        rig_build.apply_timing(bpy.context.scene, capture, timing, frames)
     return summary
 
 

@@ -373,11 +373,99 @@ def build_head_object(model, name: str, collection=None, with_armature: bool = T
 def set_scene_timing(scene, fps: float, frame_start: int, n_frames: int) -> None:
     """Scene frame range [frame_start, frame_start + n - 1] and frame rate (``fps_base``
     carries non-integer rates: 29.97 -> fps 30, fps_base 1.001)."""
+    set_scene_rate(scene, fps)
+    scene.frame_start = int(frame_start)
+    scene.frame_end = int(frame_start) + max(n_frames, 1) - 1
+
+
+def set_scene_rate(scene, fps: float) -> None:
+    """The scene's frame rate ``fps`` as Blender stores it: the nearest whole ``render.fps``
+    and ``fps_base`` for the rest (29.97 = 30000/1001 -> fps 30, base 1.001). A rate within
+    0.005 fps of an NTSC rate (23.976, 29.97, 59.94... = N x 1000/1001) is taken as it: a
+    container that rounds 30000/1001 to 29.97 still gives the scene 30000/1001."""
+    fps = ntsc_rate(fps)
     ifps = max(1, int(round(fps)))
     scene.render.fps = ifps
     scene.render.fps_base = ifps / float(fps)
-    scene.frame_start = int(frame_start)
-    scene.frame_end = int(frame_start) + max(n_frames, 1) - 1
+
+
+def ntsc_rate(fps: float) -> float:
+    """``fps``, or the NTSC rate N x 1000/1001 (N = 24, 30, 48, 60, 120, 240) within 0.005 fps
+    of it."""
+    fps = float(fps)
+    for n in (24, 30, 48, 60, 120, 240):
+        exact = n * 1000.0 / 1001.0
+        if abs(fps - exact) < 0.005:
+            return exact
+    return fps
+
+
+def scene_rate(scene) -> float:
+    """The scene's frame rate in frames per second (``fps / fps_base``)."""
+    return scene.render.fps / scene.render.fps_base
+
+
+#: How keys are timed (``timing`` of the bakes): "clip" retimes the scene to the clip's
+#: frame rate (one key per captured frame on whole frames for a constant-rate clip);
+#: "scene" keeps the scene's rate and puts each captured frame at its real time in it
+#: (fractional frames where the rates differ: a 29.97 fps clip in a 24 fps scene has frame
+#: i at 1 + t_i * 24).
+TIMINGS = ("clip", "scene")
+
+#: keys within this many frames of whole frames everywhere are put on the whole frames
+WHOLE_FRAME_SNAP = 0.05
+
+
+def capture_seconds(capture) -> np.ndarray:
+    """(N,) seconds of each captured frame from the first: the capture's timestamps (the
+    video's presentation times) when they are finite and increasing, else ``i / fps``."""
+    n = capture.n_frames
+    t = capture.get("timestamps")
+    if t is not None:
+        t = np.asarray(t, np.float64).reshape(-1)
+        if t.shape[0] == n and np.all(np.isfinite(t)) and (n < 2 or np.all(np.diff(t) > 0)):
+            return t - t[0]
+    return np.arange(n, dtype=np.float64) / float(capture.fps)
+
+
+def timing_rate(capture, timing: str, scene=None) -> float:
+    """The frame rate keys are placed in: the clip's for ``"clip"``, the scene's for
+    ``"scene"``."""
+    if timing not in TIMINGS:
+        raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, not {timing!r}")
+    if timing == "clip":
+        return float(capture.fps)
+    return scene_rate(scene or bpy.context.scene)
+
+
+def capture_key_frames(capture, frame_start: float, rate: float, sel=slice(None)) -> np.ndarray:
+    """Scene frames of the captured frames ``sel`` in a scene at ``rate`` frames per second:
+    ``frame_start + (t_i - t_first) * rate`` (t from :func:`capture_seconds`), so every key
+    lands at its frame's real time whatever the scene's rate. In a scene at the clip's own
+    rate (or a whole multiple of it) the keys are put on whole frames when they are all
+    within :data:`WHOLE_FRAME_SNAP` of one (a constant-rate clip whose container rounds its
+    times)."""
+    t = capture_seconds(capture)[sel]
+    if t.size == 0:
+        return np.zeros(0)
+    f = (t - t[0]) * float(rate)
+    ratio = float(rate) / ntsc_rate(capture.fps)
+    if round(ratio) >= 1 and abs(ratio - round(ratio)) < 1e-5:
+        whole = np.round(f)
+        if np.abs(f - whole).max() <= WHOLE_FRAME_SNAP:
+            f = whole
+    return float(frame_start) + f
+
+
+def apply_timing(scene, capture, timing: str, frames) -> None:
+    """The scene after a bake with ``timing``: its rate the clip's for ``"clip"`` (kept for
+    ``"scene"``), its range from the first key's frame to the last key's (rounded up)."""
+    if timing == "clip":
+        set_scene_rate(scene, capture.fps)
+    frames = np.asarray(frames, np.float64)
+    first = int(math.floor(frames[0] + 1e-6)) if frames.size else scene.frame_start
+    scene.frame_start = first
+    scene.frame_end = max(first, int(math.ceil(frames[-1] - 1e-6)) if frames.size else first)
 
 
 def _pose_matrices(capture) -> dict[str, np.ndarray]:
@@ -455,7 +543,7 @@ def _shape_keys_turn_eyes(mesh_obj, key: str = "eyeLookOutLeft", group: str = "l
 
 def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
                      channels: str = "expression", action_name: str | None = None,
-                     scene=None) -> dict:
+                     scene=None, timing: str = "clip", one_action: bool = False) -> dict:
     """Key the rig built by :func:`build_head_object` from a capture, one key per frame.
 
     Shape keys come from ``capture['expression']`` (columns named by
@@ -464,7 +552,11 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
     ``head_rotation`` (relative to facing the camera), jaw from ``jaw``, eyes from ``eyes``;
     the neck keeps its rest pose. On ARKit-basis rigs, whose jaw* and eyeLook* shapes already
     move the jaw and the eyes, the jaw and eye bones are left at rest (keyed ``jawOpen`` /
-    ``eyeLookOutLeft`` tell), so nothing moves twice. Sets the scene's frame range and rate.
+    ``eyeLookOutLeft`` tell), so nothing moves twice. Sets the scene's frame range, and
+    with ``timing="clip"`` its rate to the clip's; with ``"scene"`` the scene keeps its rate
+    and each frame is keyed at its real time in it (:func:`capture_key_frames`). The actions
+    are ``<action_name>|<object>``, or with ``one_action`` one action ``<action_name>`` with a
+    slot for the shape keys and one for the armature (a take, ``operators.takes``).
 
     Returns:
         a summary: {"frames": (first, last), "shape_keys": [...], "missing": [...],
@@ -474,14 +566,15 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
         raise ValueError(f"channels must be 'expression' or 'arkit', not {channels!r}")
     scene = scene or bpy.context.scene
     N = capture.n_frames
-    frames = frame_start + np.arange(N, dtype=np.float64)
+    frames = capture_key_frames(capture, frame_start, timing_rate(capture, timing, scene))
     base = action_name or _capture_stem(capture)
     key = mesh_obj.data.shape_keys
-    summary = {"frames": (int(frames[0]), int(frames[-1])), "shape_keys": [], "missing": [],
-               "bones": [], "keys": 0}
+    summary = {"frames": (int(math.floor(frames[0] + 1e-6)), int(math.ceil(frames[-1] - 1e-6))),
+               "shape_keys": [], "missing": [], "bones": [], "keys": 0}
 
     if key is not None:
-        _, bag = blender_anim.ensure_action(key, f"{base}|{mesh_obj.name}")
+        _, bag = blender_anim.ensure_action(key, base if one_action else
+                                            f"{base}|{mesh_obj.name}")
         present = {kb.name for kb in key.key_blocks}
         if channels == "expression":
             cols = list(capture.names["expression"])
@@ -523,7 +616,8 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
                     summary["keys"] += N
 
     if arm_obj is not None:
-        _, abag = blender_anim.ensure_action(arm_obj, f"{base}|{arm_obj.name}")
+        _, abag = blender_anim.ensure_action(arm_obj, base if one_action else
+                                             f"{base}|{arm_obj.name}")
         curves = {b: r for b, r in _pose_matrices(capture).items() if b in arm_obj.pose.bones}
         # On an ARKit-basis rig (the open head model) the jaw* and eyeLook* shapes ARE the
         # jaw and eye motion; rotating the jaw/eye bones as well would apply it twice.
@@ -540,14 +634,14 @@ def animate_head_rig(mesh_obj, arm_obj, capture, frame_start: int = 1,
         summary["keys"] += write_bone_rotations(abag, arm_obj, curves, frames, world=False)
         summary["bones"] = list(curves)
 
-    set_scene_timing(scene, capture.fps, frame_start, N)
+    apply_timing(scene, capture, timing, frames)
     return summary
 
 
 # ---------------------------------------------------------------- FLAME rigs
 
 def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
-                      action_name: str | None = None) -> int:
+                      action_name: str | None = None, frames=None) -> int:
     """Key bone ``location`` so joints follow the expression, as FLAME's do.
 
     FLAME regresses its joints from the expressed mesh, so expression ``e`` moves joint j by
@@ -555,7 +649,8 @@ def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
     and rest orientation ``B_j`` (Blender axes), rotated by ``R_j`` relative to its parent,
     skins exactly like FLAME's joint at ``J0_j + dJ_j`` when its location is
     ``B_j^T C (I - R_j) dJ_j``: the bone pivots about the moved joint. Keyed per frame (no
-    drivers: FBX keeps keys). Returns the number of keys written.
+    drivers: FBX keeps keys), at ``frames`` (default ``frame_start + i``). Returns the number
+    of keys written.
     """
     je = model.extra.get("joint_expression")
     if je is None:
@@ -571,7 +666,8 @@ def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
     rots = {"root": capture["head_rotation"], "jaw": capture["jaw"],
             "left_eye": np.asarray(capture["eyes"])[:, 0],
             "right_eye": np.asarray(capture["eyes"])[:, 1]}
-    frames = frame_start + np.arange(N, dtype=np.float64)
+    if frames is None:
+        frames = frame_start + np.arange(N, dtype=np.float64)
     anim = arm_obj.animation_data
     if anim is not None and anim.action is not None and anim.action_slot is not None:
         # add to the bake of animate_head_rig (ensure_action would clear its curves)
@@ -598,7 +694,9 @@ def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
 
 
 def build_flame_rig(model, capture, name: str = "FLAME", collection=None,
-                    frame_start: int = 1, with_pose_correctives: bool = True):
+                    frame_start: int = 1, with_pose_correctives: bool = True,
+                    timing: str = "clip", action_name: str | None = None,
+                    one_action: bool = False):
     """The animated FLAME rig of a capture.
 
     Args:
@@ -615,8 +713,11 @@ def build_flame_rig(model, capture, name: str = "FLAME", collection=None,
     flame.check_capture_model(capture, model)
     mesh, arm = build_head_object(model, name, collection,
                                   with_pose_correctives=with_pose_correctives)
-    summary = animate_head_rig(mesh, arm, capture, frame_start=frame_start)
-    summary["location_keys"] = key_joint_offsets(arm, model, capture, frame_start)
+    summary = animate_head_rig(mesh, arm, capture, frame_start=frame_start, timing=timing,
+                               action_name=action_name, one_action=one_action)
+    frames = capture_key_frames(capture, frame_start, timing_rate(capture, timing))
+    summary["location_keys"] = key_joint_offsets(arm, model, capture, frame_start,
+                                                 frames=frames)
     summary["keys"] += summary["location_keys"]
     return mesh, arm, summary
 
@@ -641,7 +742,9 @@ def _capture_stem(capture) -> str:
 
 
 __all__ = ["C", "model_to_blender", "blender_to_model", "build_head_object",
-           "animate_head_rig", "set_scene_timing", "rotvec_to_quat", "quat_to_rotvec",
+           "animate_head_rig", "set_scene_timing", "set_scene_rate", "scene_rate", "TIMINGS",
+           "capture_seconds", "timing_rate", "capture_key_frames", "apply_timing",
+           "rotvec_to_quat", "quat_to_rotvec",
            "quat_mul", "quat_continuous", "model_rotvec_to_bone_quat", "bone_rest_rotation",
            "write_bone_rotations", "pose_corrective_features", "build_flame_rig",
            "key_joint_offsets"]

@@ -189,6 +189,23 @@ def capture_command(python: str, video: str | os.PathLike, output: str | os.Path
     return cmd
 
 
+def takes_capture_command(python: str, videos: Sequence[str | os.PathLike],
+                          out_dir: str | os.PathLike, **options) -> list[str]:
+    """The worker's command line for several videos (takes) in one job::
+
+        python -u -m emoca_blender capture V1 V2 ... -o FOLDER ... --stdin-control
+
+    One ``FOLDER/<stem>.capture.npz`` per video, captured in order in one process; every
+    progress line carries its take's index, each take is announced and closed by a
+    ``{"stage": "take", ...}`` line, and ``cancel N`` / ``cancel all`` on the worker's
+    stdin cancel one take or the job (:meth:`WorkerJob.send`). ``options``: as
+    :func:`capture_command`."""
+    cmd = capture_command(python, str(videos[0]), out_dir, **options)
+    i = cmd.index("capture") + 1
+    cmd[i:i + 1] = [str(v) for v in videos]
+    return cmd + ["--stdin-control"]
+
+
 def refine_command(python: str, capture: str | os.PathLike, output: str | os.PathLike, *,
                    keyframes: int = 5, strength: float = 1.0,
                    video: str | os.PathLike | None = None,
@@ -231,6 +248,8 @@ class Progress:
     fps: float = 0.0
     eta: float | None = None
     message: str = ""
+    take: int = -1           # a several-video capture: the take running (0-based) of `takes`
+    takes: int = 0
 
     @property
     def factor(self) -> float:
@@ -240,7 +259,8 @@ class Progress:
         return 0.0
 
     def text(self) -> str:
-        """One short line, e.g. ``track 120/480 · 55 fps · 7 s left``."""
+        """One short line, e.g. ``track 120/480 · 55 fps · 7 s left`` (``take 2/3 · track
+        ...`` while a several-video capture runs its second take)."""
         parts = [self.stage or "starting"]
         if self.total > 0:
             parts[0] += f" {self.frame}/{self.total}"
@@ -250,6 +270,8 @@ class Progress:
             parts.append(f"{self.fps:.0f} fps")
         if self.eta is not None and self.eta >= 0 and self.total > 0:
             parts.append(f"{format_seconds(self.eta)} left")
+        if self.take >= 0 and self.takes > 1:
+            parts.insert(0, f"take {self.take + 1}/{self.takes}")
         return " · ".join(parts)
 
 
@@ -396,6 +418,11 @@ class WorkerJob:
         self.ended_at = 0.0
         self._json_error: str | None = None
         self._done_output: str | None = None
+        #: a several-video capture (``--stdin-control``): its stdin takes ``cancel N`` lines
+        self.stdin_control = "--stdin-control" in self.cmd
+        #: per take (several videos): {index: {"state", "name", "video", "output",
+        #: "progress", "message", "frames", ...}} from its ``take`` lines and progress
+        self.takes: dict[int, dict[str, Any]] = {}
         self._log: collections.deque[str] = collections.deque(maxlen=self.LOG_LINES)
         self._stderr: collections.deque[str] = collections.deque(maxlen=200)
         self._queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -441,7 +468,8 @@ class WorkerJob:
         try:
             self._proc = subprocess.Popen(
                 self.cmd, cwd=str(self.cwd) if self.cwd else None, env=env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE if self.stdin_control else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, encoding="utf-8", errors="replace", bufsize=1, **kw)
         except FileNotFoundError:
             raise WorkerError(f"Worker Python not found: {self.cmd[0]}. {PREFERENCE_HINT}") \
@@ -460,6 +488,31 @@ class WorkerJob:
             t.start()
             self._threads.append(t)
         return self
+
+    def send(self, line: str) -> bool:
+        """Write one control line (``cancel 2``, ``cancel all``) to a several-video
+        capture's stdin; False when the worker does not read it (or has ended)."""
+        proc = self._proc
+        if proc is None or not self.stdin_control or proc.stdin is None or \
+                self.state != RUNNING:
+            return False
+        try:
+            proc.stdin.write(line.rstrip("\n") + "\n")
+            proc.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        self._log.append(f"# sent: {line.strip()}")
+        return True
+
+    def cancel_take(self, index: int) -> bool:
+        """Cancel take ``index`` of a several-video capture (queued: skipped; running:
+        stopped, nothing written); the other takes go on."""
+        ok = self.send(f"cancel {int(index)}")
+        if ok:
+            t = self.takes.setdefault(int(index), {})
+            if t.get("state") in (None, "queued", "running"):
+                t["cancel_requested"] = True
+        return ok
 
     def _reader(self, name: str, stream) -> None:
         try:
@@ -505,6 +558,7 @@ class WorkerJob:
         for t in self._threads:
             t.join(timeout=1.0)
         self._drain()
+        self._close_stdin()
         self.returncode = self._proc.returncode
         self.state = CANCELLED
         self.ended_at = time.monotonic()
@@ -564,11 +618,31 @@ class WorkerJob:
 
     def _handle(self, obj: dict[str, Any], raw: str) -> None:
         stage = str(obj.get("stage") or "")
+        take = obj.get("take")
+        if stage == "take" and isinstance(take, int):
+            self._log.append(raw)
+            self.events.append(obj)
+            t = self.takes.setdefault(take, {})
+            t.update({k: v for k, v in obj.items() if k != "stage"})
+            if obj.get("state") == "done":
+                t["progress"] = 1.0
+            self.progress.take = take
+            self.progress.takes = int(_num(obj.get("takes"), 0) or 0)
+            return
+        if isinstance(take, int) and stage not in ("done", "error", "message"):
+            t = self.takes.setdefault(take, {})
+            total = _num(obj.get("total"), 0) or 0
+            if total > 0:
+                t["progress"] = min(max((_num(obj.get("frame"), 0) or 0) / total, 0.0), 1.0)
+            t["stage"] = stage
         if stage == "done":
             self._log.append(raw)
             self.events.append(obj)
             if obj.get("output"):
                 self._done_output = str(obj["output"])
+            for info in obj.get("takes") or ():
+                if isinstance(info, dict) and isinstance(info.get("take"), int):
+                    self.takes.setdefault(info["take"], {}).update(info)
             return
         if stage == "error":
             self._log.append(raw)
@@ -595,7 +669,16 @@ class WorkerJob:
         eta = obj.get("eta")
         p.eta = None if eta is None else _num(eta, None)
 
+    def _close_stdin(self) -> None:
+        stdin = getattr(self._proc, "stdin", None)
+        if stdin is not None:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
     def _finish(self, returncode: int) -> None:
+        self._close_stdin()
         self.returncode = returncode
         self.ended_at = time.monotonic()
         self._log.append(f"# exit code {returncode}")
@@ -678,7 +761,8 @@ class WorkerJob:
 
 
 __all__ = ["WorkerJob", "WorkerError", "PREFERENCE_HINT", "Progress", "Backend", "BACKENDS",
-           "find_backend", "core_command", "capture_command", "refine_command",
+           "find_backend", "core_command", "capture_command", "takes_capture_command",
+           "refine_command",
            "emotion_train_command", "emotion_predict_command",
            "resolve_worker_python", "venv_python", "default_output_for", "log_path_for",
            "sidecar_for", "parse_progress_line", "error_line", "format_seconds",

@@ -62,7 +62,8 @@ def draw_curves(context, layout, tl):
     scene = context.scene
     props, es = scene.emoca, scene.emoca_emotion
     classes, n = tl["classes"], tl["n"]
-    f = scene.frame_current - props.frame_start
+    fps = tl.get("fps", 0.0)
+    f = ops_emotion.capture_index(scene, props.frame_start, fps)
     layout.label(text=f"Emotion over {n} frames (dominant class)", icon='SEQUENCE')
     row = layout.row(align=True)
     for first, last, c in tl["segments"]:
@@ -71,10 +72,11 @@ def draw_curves(context, layout, tl):
         name = classes[c] if c < len(classes) else "?"
         op = box.operator("emoca.emotion_jump", text=name.capitalize(),
                           depress=first <= f <= last)
-        op.frame = first + props.frame_start
+        op.frame = ops_emotion.scene_frame(scene, props.frame_start, fps, first)
     sub = layout.row()
     sub.alignment = 'RIGHT'
-    sub.label(text=" | ".join(f"{a + props.frame_start}-{b + props.frame_start}"
+    sub.label(text=" | ".join(f"{ops_emotion.scene_frame(scene, props.frame_start, fps, a)}-"
+                              f"{ops_emotion.scene_frame(scene, props.frame_start, fps, b)}"
                               for a, b, _ in tl["segments"]))
     if 0 <= f < n:
         p = tl["probs"][f]

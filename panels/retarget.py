@@ -9,10 +9,10 @@ them, a preset loads them. Drawing reads properties only (nothing heavy is impor
 import bpy
 
 try:
-    from ..operators import ops_capture, ops_export, ops_livelink, ops_retarget
+    from ..operators import ops_capture, ops_export, ops_livelink, ops_retarget, ops_takes
     from .sidebar import _EmocaPanel, _button, _reason
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
-    from operators import ops_capture, ops_export, ops_livelink, ops_retarget
+    from operators import ops_capture, ops_export, ops_livelink, ops_retarget, ops_takes
     from panels.sidebar import _EmocaPanel, _button, _reason
 
 _ROLE_LABELS = {"head": "Head", "jaw": "Jaw", "left_eye": "Left Eye", "right_eye": "Right Eye"}
@@ -229,6 +229,15 @@ class EMOCA_PT_retarget_timing(_RetargetSub, bpy.types.Panel):
         layout.use_property_decorate = False
         rs = context.scene.emoca_retarget
         col = layout.column()
+        props = context.scene.emoca
+        if hasattr(props, "timing"):
+            col.prop(props, "timing")
+            scene = context.scene
+            rate = scene.render.fps / scene.render.fps_base
+            col.label(text=f"Scene: {rate:.5g} fps" + (
+                ", keys at the clip's real times" if props.timing == 'SCENE' else
+                ", set to the clip's rate by the next bake"), icon='TIME')
+            col.separator()
         col.prop(rs, "use_neutral_frame")
         sub = col.column()
         sub.active = rs.use_neutral_frame
@@ -244,6 +253,90 @@ class EMOCA_PT_retarget_timing(_RetargetSub, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("emoca.retarget_preset_load", icon='IMPORT', text="Load")
         row.operator("emoca.retarget_preset_save", icon='EXPORT', text="Save")
+
+
+class EMOCA_UL_takes(bpy.types.UIList):
+    """One row per take: its state, name, frames (or the capture's progress), and its
+    buttons: audition and re-bake (baked), cancel (while the job captures it)."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname,
+                  index=0):
+        row = layout.row(align=True)
+        row.label(text=item.name, icon=ops_takes.ICONS.get(item.state, 'BLANK1'))
+        job = ops_capture.active_job()
+        if item.state == 'CAPTURING' or (item.state == 'QUEUED' and item.job_index >= 0):
+            sub = row.row()
+            sub.progress(factor=item.progress, type='BAR',
+                         text=item.message or f"{item.progress * 100:.0f}%")
+            if job is not None:
+                op = row.operator("emoca.take_cancel", text="", icon='X', emboss=False)
+                op.index = index
+            return
+        if item.state == 'BAKED':
+            row.label(text=f"{item.frame_start}-{item.frame_end}")
+            op = row.operator("emoca.take_audition", text="", icon='PLAY', emboss=False)
+            op.index = index
+            op = row.operator("emoca.take_rebake", text="", icon='FILE_REFRESH', emboss=False)
+            op.index = index
+        elif item.state == 'CAPTURED':
+            row.label(text=f"{item.frames} frames" + (f" · {item.fps:.4g} fps" if item.fps
+                                                      else ""))
+        elif item.state in ('FAILED', 'CANCELLED'):
+            sub = row.row()
+            sub.alert = item.state == 'FAILED'
+            sub.label(text=item.message or item.state.title())
+        else:
+            row.label(text="queued")
+
+
+class EMOCA_PT_takes(_EmocaPanel, bpy.types.Panel):
+    """The take list: several clips captured in one job, each its own action on the
+    character, switched, auditioned and re-baked here."""
+
+    bl_idname = "EMOCA_PT_takes"
+    bl_label = "Takes"
+    bl_parent_id = "EMOCA_PT_retarget"
+    bl_order = 3
+
+    @classmethod
+    def poll(cls, context):
+        return ops_takes.take_list(context) is not None and \
+            getattr(context.scene, "emoca", None) is not None
+
+    def draw(self, context):
+        layout = self.layout
+        tl = context.scene.emoca_takes
+        job = ops_capture.active_job()
+        row = layout.row()
+        row.template_list("EMOCA_UL_takes", "", tl, "items", tl, "active", rows=4)
+        col = row.column(align=True)
+        col.operator("emoca.take_add_videos", text="", icon='ADD')
+        col.operator("emoca.take_add_captures", text="", icon='FILE_MOVIE')
+        col.operator("emoca.take_remove", text="", icon='REMOVE')
+        col.separator()
+        col.operator("emoca.takes_show_all", text="", icon='SEQ_STRIP_META')
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(tl, "folder")
+        col.prop(tl, "retarget_after")
+        if job is not None and job.stdin_control:
+            layout.operator("emoca.cancel_capture", text="Cancel All", icon='CANCEL')
+        else:
+            _button(layout, "emoca.capture_takes", ops_takes.capture_takes_problem(context),
+                    icon='REC')
+        row = layout.row(align=True)
+        row.operator("emoca.retarget_takes", icon='ACTION')
+        row.operator("emoca.take_rebake", text="Re-bake", icon='FILE_REFRESH')
+        row.operator("emoca.take_audition", text="Audition", icon='PLAY')
+        if tl.status:
+            layout.label(text=tl.status, icon='INFO')
+        if 0 <= tl.active < len(tl.items):
+            it = tl.items[tl.active]
+            if it.message and it.state in ('FAILED', 'BAKED'):
+                box = layout.box()
+                box.alert = it.state == 'FAILED'
+                box.label(text=it.message, icon='ERROR' if it.state == 'FAILED' else 'INFO')
 
 
 class EMOCA_PT_export(_EmocaPanel, bpy.types.Panel):
@@ -270,7 +363,8 @@ class EMOCA_PT_export(_EmocaPanel, bpy.types.Panel):
 
 
 CLASSES = (EMOCA_UL_retarget_channels, EMOCA_PT_retarget, EMOCA_PT_retarget_mapping,
-           EMOCA_PT_retarget_bones, EMOCA_PT_retarget_timing, EMOCA_PT_export)
+           EMOCA_PT_retarget_bones, EMOCA_PT_retarget_timing, EMOCA_UL_takes,
+           EMOCA_PT_takes, EMOCA_PT_export)
 
 # (menu class name, draw function) appended on register, removed on unregister.
 MENU_HOOKS = (("TOPBAR_MT_file_import", ops_livelink.menu_import),)

@@ -118,6 +118,9 @@ class EMOCA_PT_capture(_EmocaPanel, bpy.types.Panel):
             layout.label(text="Esc also cancels")
         else:
             _button(layout, "emoca.capture", ops_capture.capture_problem(context), icon='REC')
+            # several videos in one job: the take list (Retarget > Takes)
+            layout.operator("emoca.take_add_videos", text="Several Videos as Takes...",
+                            icon='ADD')
         if props.status and job is None:
             layout.label(text=props.status,
                          icon='ERROR' if props.last_error else 'CHECKMARK')
@@ -243,6 +246,9 @@ class EMOCA_MT_face_capture(bpy.types.Menu):
         layout.operator("emoca.add_reference_video", icon='FILE_MOVIE')
         layout.operator("emoca.frame_all", icon='VIEW_CAMERA')
         layout.operator("emoca.retarget", icon='ACTION')
+        layout.operator("emoca.take_add_videos", icon='ADD')       # takes (Retarget > Takes)
+        layout.operator("emoca.capture_takes", icon='REC')
+        layout.operator("emoca.retarget_takes", icon='ACTION')
         layout.separator()
         layout.operator("emoca.export_fbx", icon='EXPORT')
         layout.operator("emoca.export_gltf", icon='EXPORT')

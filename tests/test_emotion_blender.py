@@ -58,6 +58,9 @@ def test_emotion_panel_curves_and_retrieval(built_zip, tmp_path):
         install(enable=True)
         scene = bpy.context.scene
         props, es = scene.emoca, scene.emoca_emotion
+        # the scene at the capture's 30 fps (Retime Scene to Clip): the frames checked below
+        # are one scene frame per captured frame
+        props.timing, scene.render.fps = 'CLIP', 30
         ba = importlib.import_module(MOD + ".operators.blender_anim")
         tmp = os.getcwd()
         out = {}

@@ -142,6 +142,7 @@ def test_demo_clip_capture_cancel_rig_retarget_export(built_zip, demo_video, tmp
     res = tx.run_blender_script(tmp_path, r'''
         install_and_load()
         props = bpy.context.scene.emoca
+        props.timing = 'CLIP'      # one key per captured frame, as the checks below read them
         prefs = bpy.context.preferences.addons[MOD].preferences
         tmp = os.getcwd()
         out = {}
@@ -318,6 +319,7 @@ def test_shared_media_clip_through_every_operator(built_zip, tmp_path):
         prefs = bpy.context.preferences.addons[MOD].preferences
         prefs.worker_python = sys.argv[2]
         prefs.cache_folder = os.path.join(os.getcwd(), "cache")
+        props.timing = 'CLIP'      # one key per captured frame, as the checks below read them
         props.video_path = sys.argv[3]
         props.capture_path = os.path.join(os.getcwd(), "clip.capture.npz")   # media is read-only
         out = {}

@@ -30,6 +30,7 @@ def test_retarget_panel_mapping_bones_presets_livelink(built_zip, tmp_path):
     res = tx.run_blender_script(tmp_path, '''
         install(enable=True)
         props = bpy.context.scene.emoca
+        props.timing = 'CLIP'      # the frames checked below: one key per captured frame
         rs = bpy.context.scene.emoca_retarget
         ops_retarget = importlib.import_module(MOD + ".operators.ops_retarget")
         tmp = os.getcwd()

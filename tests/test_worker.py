@@ -309,7 +309,7 @@ def test_capture_command_is_accepted_by_the_cli():
     assert cmd[:5] == ["/py", "-u", "-m", "emoca_blender", "capture"]
     cli = pytest.importorskip("emoca_blender.cli")
     args = cli.build_parser().parse_args(cmd[4:])
-    assert args.command == "capture" and args.video == "/v/clip.mp4"
+    assert args.command == "capture" and args.video == ["/v/clip.mp4"]
     assert args.output == "/o/clip.capture.npz" and args.backend == "mediapipe"
     assert args.progress == "json" and args.device == "cpu"
     assert args.face_index == 1 and args.filter == 0.25 and args.cache_dir == "/c"
