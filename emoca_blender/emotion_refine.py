@@ -606,9 +606,10 @@ class FrameProblem:
     def _guard(self, e):
         e0 = self.e0.numpy().astype(np.float64)
         d = e.numpy().astype(np.float64) - e0
-        r = max(self.prior.radius(self.s.prior_percentile), float(self.prior.mahalanobis(e0)))
-        # a hair inside the radius, so the float32 result does not round to just outside it
-        r *= 1.0 - 1e-5
+        # a hair inside the percentile's radius, so the float32 result does not round to just
+        # outside it; a capture already beyond it keeps its own distance as the limit
+        r = max(self.prior.radius(self.s.prior_percentile) * (1.0 - 1e-5),
+                float(self.prior.mahalanobis(e0)))
         if float(self.prior.mahalanobis(e0 + d)) <= r:
             return e
         lo, hi = 0.0, 1.0

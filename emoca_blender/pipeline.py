@@ -193,7 +193,16 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                 cap = capture_file.load_capture(cached)
                 if settings.emotion and "emotion_probs" not in cap:
                     raise capture_file.CaptureError("cached without emotion")  # recompute
-                capture_file.copy_capture(cached, out)
+                # the same video (by content) may have been captured at another path: the
+                # output names the video this run was given (the reference video, the
+                # emotion tools and later runs open it), so it is written anew then
+                source = {"path": str(info.path.resolve()), "hash": vhash,
+                          "size": info.path.stat().st_size, "name": info.path.name}
+                if cap.meta.get("source") == source:
+                    capture_file.copy_capture(cached, out)
+                else:
+                    cap.meta["source"] = source
+                    capture_file.save_capture(cap, out)
                 _after_capture(settings, cap, out, progress, cancel)
                 return CaptureResult(out, True, cap, {"total": time.perf_counter() - t_all})
             except capture_file.CaptureError:

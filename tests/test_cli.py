@@ -3,6 +3,7 @@ no partial output that looks complete)."""
 import json
 import os
 import shutil
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -67,6 +68,17 @@ def test_cache_makes_second_run_instant(tmp_path, demo_clip):
     assert json.loads(b.stdout.splitlines()[-1])["cached"] is True
     ca, cb = cf.load_capture(tmp_path / "a.capture.npz"), cf.load_capture(tmp_path / "b.capture.npz")
     np.testing.assert_array_equal(ca["arkit"], cb["arkit"])
+    # the same video (by content) at another path: served from the cache, and the capture
+    # names the video it was given (the reference plane and the emotion tools open it)
+    moved = tmp_path / "elsewhere" / "take1.mp4"
+    moved.parent.mkdir()
+    shutil.copyfile(demo_clip, moved)
+    m = run_cli("capture", moved, "-o", tmp_path / "m.capture.npz", "--cache-dir", cache,
+                "--progress", "json")
+    assert json.loads(m.stdout.splitlines()[-1])["cached"] is True
+    src = cf.load_capture(tmp_path / "m.capture.npz").meta["source"]
+    assert src["path"] == str(moved.resolve()) and src["name"] == "take1.mp4"
+    assert cb.meta["source"]["path"] == str(Path(demo_clip).resolve())
     # other settings -> another key -> a fresh capture
     c = run_cli("capture", demo_clip, "-o", tmp_path / "c.capture.npz", "--cache-dir", cache,
                 "--filter", "0", "--progress", "json")

@@ -263,7 +263,7 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
         es.refine_keyframes = 30
         es.refine_strength = 0.5
         t0 = time.perf_counter()
-        r = bpy.ops.emoca.emotion_refine(iterations=4)
+        r = bpy.ops.emoca.emotion_refine(iterations=20)   # enough for Adam to beat the prior
         refined = props.capture_path
         c = CF.load_capture(refined)
         c0 = CF.load_capture(sys.argv[3])
@@ -348,7 +348,7 @@ def test_emotion_jobs_refine_train_predict(built_zip, tmp_path):
     assert rf["result"] == ["FINISHED"], rf
     assert rf["path"].endswith("actor_refined.capture.npz") and rf["complete"]
     assert rf["settings"]["keyframe_step"] == 30 and rf["settings"]["strength"] == 0.5
-    assert rf["settings"]["iterations"] == 4 and rf["frames"] >= 2
+    assert rf["settings"]["iterations"] == 20 and rf["frames"] >= 2
     assert rf["changed"] > 1e-4                       # the expression did change
     # the frames it touched: the flag holds the Strength there, markers at the keyframes
     flag = np.array(rf["flag"])
