@@ -66,7 +66,7 @@ CHILD = r"""
 import json, resource, sys, time, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from emoca_blender.pipeline import CaptureSettings, run_capture
+from emoca_blender.capture.pipeline import CaptureSettings, run_capture
 t0 = time.perf_counter()
 with tempfile.TemporaryDirectory() as d:
     r = run_capture(sys.argv[1], Path(d) / "long.capture.npz", CaptureSettings(), cache_dir=None)

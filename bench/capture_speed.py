@@ -59,7 +59,7 @@ def plain_landmarker_fps(path: Path) -> tuple[float, int]:
 
 
 def full_capture_fps(path: Path) -> tuple[float, int]:
-    from emoca_blender.pipeline import CaptureSettings, run_capture
+    from emoca_blender.capture.pipeline import CaptureSettings, run_capture
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -55,7 +55,7 @@ def _network_fps(net, device, precision, batch, reps=2):
 def _detail_rows(res, flame_dir, name) -> list[dict]:
     """Time of the dense detail mesh of one frame (``detail`` command: FLAME for the frame,
     UV-space upsampling, displacement, OBJ write), from the capture just made."""
-    from emoca_blender import detail_mesh
+    from emoca_blender.models import detail_mesh
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def _detail_rows(res, flame_dir, name) -> list[dict]:
 
 
 def _end_to_end(clip, device, frames, ckpt, flame_dir, where, detail=True) -> list[dict]:
-    from emoca_blender.pipeline import CaptureSettings, run_capture
+    from emoca_blender.capture.pipeline import CaptureSettings, run_capture
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,8 @@ SETTINGS: dict = {}     # RefineSettings overrides (experiments); the bench uses
 def hook_cost(clip: Path, cap) -> tuple[float, float]:
     """ms per analysed crop and per captured frame of the emotion hook (synchronous, so the
     cost is not hidden by the background thread)."""
-    from emoca_blender import emotion, video
+    from emoca_blender.capture import video
+    from emoca_blender.emotion import network as emotion
 
     hook = emotion.EmotionHook(background=False,
                                stride=emotion.stride_for(cap.fps, 10.0))
@@ -72,8 +73,9 @@ def middle_third(cap):
 def judge_clip(clip: Path, cap, prior, images: dict | None) -> tuple[list[dict], dict]:
     import numpy as np
 
-    from emoca_blender import emotion, video
-    from emoca_blender.emotion_refine import (RefineSettings, capture_head, emotion_fidelity,
+    from emoca_blender.capture import video
+    from emoca_blender.emotion import network as emotion
+    from emoca_blender.emotion.refine import (RefineSettings, capture_head, emotion_fidelity,
                                               refine_capture)
 
     s = RefineSettings(**SETTINGS)
@@ -162,7 +164,7 @@ def run(images_path: Path | None = None) -> list[dict]:
     from build_arkit_prior import all_takes, capture_clip
 
     from emoca_blender.arkit import ARKIT_NAMES
-    from emoca_blender.expression_prior import fit_prior
+    from emoca_blender.emotion.expression_prior import fit_prior
 
     mead = sorted((common.SHARED_MEDIA / "mead").glob("*_level_*.mp4"))
     if not mead:

@@ -275,8 +275,9 @@ def emotion_metric(clip: Path, caps: dict) -> dict:
     """Section 5 for one clip: {column: {"agree", "class", "feat_dist"}, "video": class}.
     Every column's ARKit curves are rendered on the judged (last) column's head, so the
     columns differ only in their curves."""
-    from emoca_blender import emotion, video
-    from emoca_blender.emotion_refine import capture_head, emotion_fidelity
+    from emoca_blender.capture import video
+    from emoca_blender.emotion import network as emotion
+    from emoca_blender.emotion.refine import capture_head, emotion_fidelity
 
     cols = list(caps)
     ref = caps[cols[-1]]
@@ -512,7 +513,7 @@ def rows_for_run(res: dict, cols: list[str]) -> list[dict]:
 def measure(clips: list[Path], sides: list[Side], recapture: bool = False, log=print,
             emotion: bool = True) -> dict:
     from emoca_blender.capture_file import load_capture  # noqa: F401  (fail early)
-    from emoca_blender.head_model import ICT_HEAD, bundled, load_head_model
+    from emoca_blender.models.head_model import ICT_HEAD, bundled, load_head_model
 
     m = load_head_model(bundled(ICT_HEAD))
     head = landmark_basis(m)

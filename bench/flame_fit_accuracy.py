@@ -156,7 +156,7 @@ def similarity(a, b):
 
 def run() -> list[dict]:
     import flame_synthetic as fs
-    from emoca_blender import flame
+    from emoca_blender.models import flame
 
     need = ("head_template.obj", "mediapipe_landmark_embedding.npz", "FLAME_masks.pkl")
     if any(fs.aux(n) is None for n in need):
@@ -181,7 +181,7 @@ def run_model(m, emb, label, seeds) -> list[dict]:
     import numpy as np
 
     import flame_synthetic as fs
-    from emoca_blender import flame
+    from emoca_blender.models import flame
     from emoca_blender.backends import flame_fit
 
     masks = flame.load_masks(fs.aux("FLAME_masks.pkl"), m.n_vertices)

@@ -42,8 +42,9 @@ def _capture_path() -> Path:
 def _played(objs, frames):
     """Blender's evaluation of every curve at every frame: ({key: (N,)}, {bone: (N, 4)},
     keys, keys of the shape-key curves)."""
-    from operators import blender_anim
-    from operators.fbx_io import _BONE_RE, _KEY_RE
+    from operators.scene import blender_anim
+    from operators.scene.blender_anim import _BONE_RE
+    from operators.scene.fbx_io import _KEY_RE
 
     weights, quats, n_keys, n_sk = {}, {}, 0, 0
     for o in objs:
@@ -79,7 +80,7 @@ def _reimported(got, frames, baked):
 
 
 def _errors(a, b):
-    from emoca_blender.keyreduce import quat_angle_deg
+    from emoca_blender.retarget.keyreduce import quat_angle_deg
 
     w = max(float(np.abs(a[0][k] - b[0][k]).max()) for k in b[0])
     ang = max(float(quat_angle_deg(a[1][k], b[1][k]).max()) for k in b[1]) if b[1] else 0.0
@@ -90,7 +91,7 @@ def run() -> list[dict]:
     import bpy
 
     from emoca_blender import capture_file
-    from operators import cli_scene, fbx_io
+    from operators.scene import cli_scene, fbx_io
 
     cap = capture_file.load_capture(_capture_path())
     n = cap.n_frames

@@ -45,8 +45,8 @@ def geometric_rows(n: int = 5000) -> list[dict]:
     random expressions; best of 3."""
     import numpy as np
 
-    from emoca_blender import geometric_retarget as geo
-    from emoca_blender.head_model import OPEN_HEAD, bundled, load_head_model
+    from emoca_blender.retarget import geometric as geo
+    from emoca_blender.models.head_model import OPEN_HEAD, bundled, load_head_model
 
     m = load_head_model(bundled(OPEN_HEAD))
     K, L = m.n_expressions, m.n_vertices
@@ -73,7 +73,7 @@ def geometric_rows(n: int = 5000) -> list[dict]:
 def run() -> list[dict]:
     import bpy
 
-    from operators import retarget_bake, rig_build
+    from operators.scene import retarget_bake, rig_build
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     model, identity = rig_build.arkit_head()          # the sample character

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 sys.path.insert(0, str(common.ROOT / "tests"))
+sys.path.insert(0, str(common.ROOT / "tests" / "operators"))
 
 N_FRAMES = 1000
 TARGET_S = 5.0
@@ -25,8 +26,8 @@ def run() -> list[dict]:
     import numpy as np
 
     import flame_synthetic as fs
-    from emoca_blender import flame
-    from operators import rig_build
+    from emoca_blender.models import flame
+    from operators.scene import rig_build
     from test_blender_flame_rig import flame_capture
 
     t = fs.aux("head_template.obj")

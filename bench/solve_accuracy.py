@@ -32,9 +32,9 @@ SIGMA_PX = 0.5
 
 def make_sequence(seed: int = 0, frames: int = FRAMES):
     """Returns (image landmarks (N,478,3) px, true weights (N,52), true R (N,3,3))."""
-    from emoca_blender import landmark_solve as ls
+    from emoca_blender.capture import landmark_solve as ls
     from emoca_blender.arkit import INDEX
-    from emoca_blender.head_model import rodrigues
+    from emoca_blender.models.head_model import rodrigues
 
     b = ls.ict_head_basis()
     rng = np.random.default_rng(seed)
@@ -59,8 +59,8 @@ def make_sequence(seed: int = 0, frames: int = FRAMES):
 
 
 def solve(img: np.ndarray):
-    from emoca_blender import landmark_solve as ls
-    from emoca_blender.solve import SOLVE_POINTS, TONGUE_ONLY
+    from emoca_blender.capture import landmark_solve as ls
+    from emoca_blender.capture.solve import SOLVE_POINTS, TONGUE_ONLY
 
     b = ls.ict_head_basis()
     kw = dict(basis=b, pinned=TONGUE_ONLY, point_mask=SOLVE_POINTS)
@@ -70,7 +70,7 @@ def solve(img: np.ndarray):
 
 
 def run() -> list[dict]:
-    from emoca_blender import landmark_solve as ls
+    from emoca_blender.capture import landmark_solve as ls
 
     img, W, R = make_sequence()
     t0 = time.perf_counter()

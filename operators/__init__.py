@@ -1,8 +1,12 @@
-"""Blender-side code: operators (thin: they call the core), settings, and the Blender
-library modules they use (rig_build, retarget_bake, fbx_io, blender_anim).
+"""Blender-side code: operator classes (``ops_*.py``, thin: they gather options and call the
+core or a scene builder), settings (:mod:`.properties`, :mod:`.retarget_props`), the worker
+process and runtime (:mod:`.worker`, :mod:`.runtime`), the core as seen from here
+(:mod:`._core`), and in :mod:`.scene` the scene builders they call (rig, bake, FBX/glTF I/O,
+materials, reference video, takes, the command line's scenes). Scene builders never import
+operator modules.
 
 Importing this package imports nothing (not even bpy), so the bpy-free :mod:`.worker` can be
-tested alone; :func:`register` imports the operator modules. The library modules, and through
+tested alone; :func:`register` imports the operator modules. The scene builders, and through
 them numpy and the core, are imported only when an operator runs.
 """
 import importlib
@@ -15,7 +19,7 @@ MODULES = (
     "ops_capture",
     "ops_rig",
     "ops_reference",
-    "displacement_material",
+    "ops_displacement",
     "ops_runtime",
     "ops_retarget",
     "ops_export",

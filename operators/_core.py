@@ -14,7 +14,8 @@ except (ImportError, ValueError):  # operators/ imported as a top-level package 
     import emoca_blender as core  # type: ignore[no-redef]
 
 capture_file = importlib.import_module(core.__name__ + ".capture_file")
-head_model = importlib.import_module(core.__name__ + ".head_model")
+head_model = importlib.import_module(core.__name__ + ".models.head_model")
 arkit = importlib.import_module(core.__name__ + ".arkit")
+rotations = importlib.import_module(core.__name__ + ".rotations")
 
-__all__ = ["core", "capture_file", "head_model", "arkit"]
+__all__ = ["core", "capture_file", "head_model", "arkit", "rotations"]

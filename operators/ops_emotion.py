@@ -25,11 +25,7 @@ from bpy.props import (CollectionProperty, FloatProperty, IntProperty, PointerPr
 
 from . import properties
 from .ops_capture import capture_file_problem, capture_stem, capture_summary, load_capture
-
-PREFIX = "emotion_"
-ACTION_SUFFIX = "|emotion"
-REFINED_DESCRIPTION = ("Refine Expression (Emotion): its Strength on the frames whose "
-                       "expression it changed, 0 on the frames it left alone")
+from .scene.emotion_curves import key_emotion_curves
 
 
 # -- data: timeline and curves (no bpy state) ------------------------------------------------
@@ -54,7 +50,7 @@ def frame_ratio(scene, clip_fps: float) -> float:
     """Scene frames per captured frame: the scene's rate over the clip's (1 in a scene
     retimed to the clip; 0.8 for a 30 fps clip keyed at its real times in a 24 fps scene,
     ``rig_build.capture_key_frames``)."""
-    from .rig_build import ntsc_rate
+    from .scene.rig_build import ntsc_rate
     rate = scene.render.fps / scene.render.fps_base
     return rate / ntsc_rate(clip_fps) if clip_fps and clip_fps > 0 else 1.0
 
@@ -139,55 +135,6 @@ def segments(labels, max_segments: int = 8, min_frames: int = 3
     return [tuple(r) for r in runs]
 
 
-def emotion_curves(cap) -> dict[str, "np.ndarray"]:
-    """{property name: (N,) values} for a capture: one per class, plus valence/arousal."""
-    import numpy as np
-
-    out = {}
-    if "emotion_probs" in cap:
-        for j, c in enumerate(cap.names.get("emotion_probs", ())):
-            out[PREFIX + str(c)] = np.asarray(cap["emotion_probs"][:, j], np.float64)
-    for k in ("valence", "arousal", "refined"):
-        if PREFIX + k in cap or k in cap:
-            out[PREFIX + k] = np.asarray(cap[k if k in cap else PREFIX + k], np.float64)
-    return out
-
-
-def key_emotion_curves(obj, cap, frame_start: int = 1, frames=None, only=None) -> list[str]:
-    """Key the capture's emotion curves as custom properties of ``obj`` (one key per
-    captured frame, at ``frames``: default ``frame_start + i``; the rig's key frames for
-    another timing, ``rig_build.capture_key_frames``). Curves already on the object (bones,
-    transforms) are kept: the emotion curves go into the action the object already uses,
-    else into a new one. ``only``: key just these property names. Returns the property
-    names keyed."""
-    import numpy as np
-
-    from . import blender_anim
-
-    curves = {k: v for k, v in emotion_curves(cap).items() if only is None or k in only}
-    if not curves:
-        return []
-    bags = blender_anim.channelbags_of(obj)
-    bag = bags[0] if bags else \
-        blender_anim.ensure_action(obj, f"{obj.name}{ACTION_SUFFIX}")[1]
-    if frames is None:
-        frames = frame_start + np.arange(cap.n_frames, dtype=np.float64)
-    for name, vals in curves.items():
-        ranged = not name.endswith(("valence", "arousal"))
-        obj[name] = float(vals[0])
-        ui = obj.id_properties_ui(name)
-        what = (REFINED_DESCRIPTION if name == PREFIX + "refined" else
-                f"Emotion curve from the capture: {name[len(PREFIX):]}"
-                + (" probability" if ranged else ""))
-        ui.update(min=0.0 if ranged else -1.0, max=1.0, soft_min=0.0 if ranged else -1.0,
-                  soft_max=1.0, description=what)
-        blender_anim.write_fcurve(bag, f'["{name}"]', 0, frames, vals, group="Emotion")
-    # new ID properties reach the evaluated copy (which animation writes) only when the
-    # object is tagged; without it the keyed values never show
-    obj.update_tag()
-    return list(curves)
-
-
 def emotion_target(context):
     """The object the emotion curves go on: the actor rig's armature, else its mesh, else
     the active object."""
@@ -262,7 +209,7 @@ class EMOCA_OT_key_emotion(bpy.types.Operator):
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
         obj = emotion_target(context)
-        from . import rig_build
+        from .scene import rig_build
         start = context.scene.emoca.frame_start      # the rig's key frames (Scene Rate)
         names = key_emotion_curves(obj, cap, start, frames=rig_build.capture_key_frames(
             cap, start, rig_build.scene_rate(context.scene)))
@@ -301,7 +248,7 @@ class EMOCA_OT_emotion_find_similar(bpy.types.Operator):
     def execute(self, context):
         from ._core import capture_file, core
         import importlib
-        retrieval = importlib.import_module(core.__name__ + ".emotion_retrieval")
+        retrieval = importlib.import_module(core.__name__ + ".emotion.retrieval")
         errors = importlib.import_module(core.__name__ + ".errors")
         scene = context.scene
         props, es = scene.emoca, scene.emoca_emotion

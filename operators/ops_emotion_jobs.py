@@ -63,7 +63,8 @@ def mark_refined(context, keyframes, strength: float) -> str | None:
     """Show what the refinement touched: timeline markers ``emotion S=<Strength>`` at the
     refined keyframes (earlier ones replaced) and, when the actor rig exists, the scene
     capture's ``emotion_refined`` flag keyed on it. Returns the object keyed, if any."""
-    from .ops_emotion import PREFIX, emotion_target, key_emotion_curves
+    from .ops_emotion import emotion_target
+    from .scene.emotion_curves import PREFIX, key_emotion_curves
 
     scene = context.scene
     for m in [m for m in scene.timeline_markers if m.name.startswith(MARKER_PREFIX)]:

@@ -75,8 +75,8 @@ _TAKES = [('ASSIGNED', "Current Animation", "The animation the objects play now,
 
 
 def has_takes(objects) -> bool:
-    """Whether the objects carry takes (``operators.takes``)."""
-    from . import takes
+    """Whether the objects carry takes (``operators.scene.takes``)."""
+    from .scene import takes
     return bool(takes.find_takes(objects))
 
 
@@ -135,8 +135,8 @@ class _AnimationExport(ExportHelper):
         what = f"{self.format_name} export failed"
         try:
             if self.takes != 'ASSIGNED' and has_takes(objects):
-                from . import cli_takes
-                outs = cli_takes.export_objects(objects, path, face_only=False, which="all",
+                from .scene import cli_scene
+                outs = cli_scene.export_objects(objects, path, face_only=False, which="all",
                                                 per_take=self.takes == 'PER_TAKE')
                 out = ", ".join(str(p) for p in outs)
                 self.report({'INFO'}, f"Exported {len(objects)} objects, "
@@ -167,7 +167,7 @@ class EMOCA_OT_export_fbx(bpy.types.Operator, _AnimationExport):
     filter_glob: StringProperty(default="*.fbx", options={'HIDDEN'})
 
     def write(self, path, objects, scene):
-        from . import fbx_io
+        from .scene import fbx_io
         return fbx_io.export_fbx(path, objects, frame_start=scene.frame_start,
                                  frame_end=scene.frame_end)
 
@@ -197,7 +197,7 @@ class EMOCA_OT_export_gltf(bpy.types.Operator, _AnimationExport):
         return super().target_path(context)
 
     def write(self, path, objects, scene):
-        from . import gltf_io
+        from .scene import gltf_io
         return gltf_io.export_gltf(path, objects, frame_start=scene.frame_start,
                                    frame_end=scene.frame_end)
 
@@ -234,7 +234,7 @@ class EMOCA_OT_save_capture_blend(bpy.types.Operator, ExportHelper):
             self.report({'ERROR'}, f"Folder does not exist: {folder}")
             return {'CANCELLED'}
         try:
-            from . import fbx_io
+            from .scene import fbx_io
             out = fbx_io.save_blend(path)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()

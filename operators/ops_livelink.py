@@ -1,7 +1,7 @@
 """Live Link Face CSV (Epic's iPhone app, Unreal, Faceit): import a recording as a capture
 (and bake it onto the character), export the capture's curves.
 
-``emoca_blender.livelink`` reads and writes the files; these operators pick the paths and
+``emoca_blender.retarget.livelink`` reads and writes the files; these operators pick the paths and
 the targets. A CSV import writes ``NAME.capture.npz`` beside the CSV (the Capture file every
 other step reads) and makes it the scene's capture.
 """
@@ -19,7 +19,7 @@ from .ops_capture import capture_file_problem, capture_stem, load_capture
 
 def _livelink():
     from ._core import core
-    return importlib.import_module(core.__name__ + ".livelink")
+    return importlib.import_module(core.__name__ + ".retarget.livelink")
 
 
 def import_csv(context, path: str, bake: bool) -> tuple[str, dict | None, list[str]]:
@@ -148,7 +148,7 @@ def calibrated_capture(context, cap):
 
     from ._core import core
     from . import ops_retarget
-    retarget = importlib.import_module(core.__name__ + ".retarget")
+    retarget = importlib.import_module(core.__name__ + ".retarget.mapping")
     rs = ops_retarget.settings(context)
     _, calib = ops_retarget.mapping_from_settings(rs) if len(rs.channels) else (None, {})
     nf = rs.neutral_frame if rs.use_neutral_frame else None

@@ -35,8 +35,8 @@ def add_reference(context, cap) -> tuple[bool, str, str]:
     """The capture's video beside the scene's actor rig, with the Rig panel's settings;
     ``(added, report level, message)``. A missing video or one without audio is a warning,
     never an error."""
-    from . import reference_video
-    from .ops_rig import ensure_collection
+    from .scene import reference_video
+    from .scene.emoca_collection import ensure_collection
 
     scene = context.scene
     props = scene.emoca
@@ -83,7 +83,7 @@ class EMOCA_OT_add_reference_video(bpy.types.Operator):
 
 def framed_objects(context) -> list:
     """What Frame All frames: the actor rig, the retarget target and the shown reference."""
-    from . import reference_video
+    from .scene import reference_video
 
     props = context.scene.emoca
     objs = actor_objects(props) + [o for o in (props.target_armature, props.target_mesh)
@@ -110,7 +110,7 @@ class EMOCA_OT_frame_all(bpy.types.Operator):
                                   "Nothing to frame: build the actor rig first")
 
     def execute(self, context):
-        from . import reference_video
+        from .scene import reference_video
         objs = framed_objects(context)
         cam = reference_video.frame_all(context.scene, objs)
         if cam is None:

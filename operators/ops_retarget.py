@@ -66,7 +66,7 @@ def settings(context):
 
 def resolve_targets(context) -> tuple[list, object]:
     """(meshes with shape keys, armature or None) of the current targets."""
-    from . import retarget_bake
+    from .scene import retarget_bake
     props = context.scene.emoca
     meshes, armature = retarget_bake.find_targets(target_objects(context))
     if not props.use_selection and props.target_armature is not None:
@@ -92,7 +92,7 @@ def _key_names(meshes) -> list[str]:
 
 
 def _tables(rs) -> tuple:
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     return retarget.TABLES if (rs is None or rs.use_aliases) else ("arkit",)
 
 
@@ -108,7 +108,7 @@ def fill_mapping(rs, mapping: dict, key_names, target: str = "", calibration=Non
     """Write a mapping {channel: [keys]} (and calibration) into the panel's channel list:
     every ARKit channel gets a row (unmatched ones with no keys), in ARKit order."""
     arkit = _core("arkit")
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     calibration = calibration or {}
     rs.channels.clear()
     order = list(arkit.ARKIT_NAMES) + [c for c in mapping if c not in arkit.ARKIT_NAMES]
@@ -129,7 +129,7 @@ def fill_mapping(rs, mapping: dict, key_names, target: str = "", calibration=Non
 def mapping_from_settings(rs) -> tuple[dict, dict]:
     """({channel: [keys]}, {channel: ChannelCalibration}) of the enabled rows (calibration
     only where it differs from the identity clamp to [0, 1])."""
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     mapping, calib = {}, {}
     default = retarget.ChannelCalibration()
     for row in rs.channels:
@@ -148,7 +148,7 @@ def mapping_from_settings(rs) -> tuple[dict, dict]:
 
 def fill_bones(rs, bones: dict, bone_settings=None) -> None:
     """One row per role, with the guessed (or preset) bone and settings."""
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     bone_settings = bone_settings or {}
     rs.bones.clear()
     for role in retarget.ROLES:
@@ -167,7 +167,7 @@ def fill_bones(rs, bones: dict, bone_settings=None) -> None:
 
 def bones_from_settings(rs) -> tuple[dict, dict]:
     """({role: bone}, {role: BoneSettings}) of the enabled rows that name a bone."""
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     bones, st = {}, {}
     for row in rs.bones:
         if not row.enabled or not row.bone:
@@ -184,7 +184,7 @@ def bones_from_settings(rs) -> tuple[dict, dict]:
 def guess_into_settings(context, rs) -> dict:
     """Guess the mapping and the bones of the current targets into the panel's lists.
     Returns {"mapped": n channels, "keys": n keys, "unmapped": [keys], "bones": {...}}."""
-    from . import retarget_bake
+    from .scene import retarget_bake
     meshes, armature = resolve_targets(context)
     names = _key_names(meshes)
     mapping = retarget_bake.arkit_name_mapping(names, _tables(rs)) if names else {}
@@ -197,7 +197,7 @@ def guess_into_settings(context, rs) -> dict:
 
 
 def preset_from_settings(context, name: str = ""):
-    retarget = _core("retarget")
+    retarget = _core("retarget.mapping")
     rs = settings(context)
     mapping, _ = mapping_from_settings(rs)
     calib = {row.channel: retarget.ChannelCalibration(row.gain, row.offset, row.min, row.max,
@@ -292,7 +292,7 @@ def worker_python_for_landmarks(context):
 def correspondence_for(context, obj, refresh: bool = False) -> dict:
     """The render-based correspondence of ``obj`` (cached until its basis or transform
     changes). Raises correspondence.NoFaceFound / CorrespondenceError."""
-    from . import correspondence
+    from .scene import correspondence
     stamp = _mesh_stamp(obj)
     hit = _CORR.get(obj.name)
     if hit is not None and hit[0] == stamp and not refresh:
@@ -360,7 +360,7 @@ def run_retarget(context, cap, rs=None, method: str | None = None, *,
     and without the panel's frame range and offset (``use_range`` False); ``timing``
     defaults to the scene's Scene Rate (``properties.timing``). Raises ValueError
     (RetargetError...) with a message for the user."""
-    from . import retarget_bake
+    from .scene import retarget_bake
     props = context.scene.emoca
     meshes, armature = resolve_targets(context)
     warnings = []
@@ -372,7 +372,7 @@ def run_retarget(context, cap, rs=None, method: str | None = None, *,
             f"(0-{cap.n_frames - 1})")
     method = method or (rs.method if rs is not None else "name")
     if method == "geometry" and meshes:
-        from . import correspondence
+        from .scene import correspondence
         mesh = primary_mesh(context, meshes)
         try:
             corr = correspondence_for(context, mesh)
@@ -426,7 +426,7 @@ def run_retarget(context, cap, rs=None, method: str | None = None, *,
         frame_range = (rs.frame_first, rs.frame_last)
         first = rs.frame_first
         if timing == "scene" and 0 <= first < cap.n_frames:   # its real time, in scene frames
-            from . import rig_build
+            from .scene import rig_build
             first = int(round(rig_build.capture_seconds(cap)[first] *
                               rig_build.timing_rate(cap, timing)))
     offset = rs.frame_offset if (rs is not None and use_range) else 0
@@ -511,7 +511,7 @@ class EMOCA_OT_retarget_find_face(bpy.types.Operator):
         return _needs_targets(cls, context)
 
     def execute(self, context):
-        from . import correspondence
+        from .scene import correspondence
         rs = settings(context)
         meshes, _ = resolve_targets(context)
         mesh = primary_mesh(context, meshes)
@@ -578,7 +578,7 @@ class EMOCA_OT_retarget_preset_save(_PresetOp, bpy.types.Operator):
     bl_options = {'REGISTER'}
 
     def execute(self, context):
-        retarget = _core("retarget")
+        retarget = _core("retarget.mapping")
         path = self._path(context)
         if not path:
             self.report({'ERROR'}, "Choose a preset file (.json)")
@@ -604,7 +604,7 @@ class EMOCA_OT_retarget_preset_load(_PresetOp, bpy.types.Operator):
     bl_options = {'REGISTER', 'UNDO'}
 
     def execute(self, context):
-        retarget = _core("retarget")
+        retarget = _core("retarget.mapping")
         path = self._path(context)
         if not path:
             self.report({'ERROR'}, "Choose a preset file (.json)")

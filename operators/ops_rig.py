@@ -10,27 +10,15 @@ import bpy
 
 from . import properties, worker
 from .ops_capture import capture_file_problem, capture_stem, load_capture
+from .scene.emoca_collection import ensure_collection
 
-COLLECTION = "EMOCA"
+
 ICT_HEAD = "ict_head.npz"     # the actor rig and the sample character are ICT heads
 
 
 def bundled_path(name: str) -> str:
     """Path of a model in ``bundled_models/`` (without importing the core: used by poll)."""
     return str(worker.EXTENSION_ROOT / "bundled_models" / name)
-
-
-def ensure_collection(scene, name: str = COLLECTION):
-    """The scene's ``EMOCA`` collection, created and linked when missing."""
-    coll = bpy.data.collections.get(name)
-    if coll is None:
-        coll = bpy.data.collections.new(name)
-    if coll.name not in scene.collection.children and coll != scene.collection:
-        try:
-            scene.collection.children.link(coll)
-        except RuntimeError:
-            pass  # already linked somewhere below the scene collection
-    return coll
 
 
 def select_only(context, objects) -> None:
@@ -74,7 +62,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             cap = load_capture(context)
             if str(cap.meta.get("head_model") or "").startswith("FLAME-"):
                 return self._build_flame(context, cap)
-            from . import rig_build
+            from .scene import rig_build
             model, identity = rig_build.arkit_head(cap)
         except (capture_file.CaptureError, head_model.HeadModelError) as e:
             self.report({'ERROR'}, str(e))
@@ -119,7 +107,7 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
         """A FLAME/EMOCA capture: the FLAME rig from the user's FLAME folder (preferences),
         with the capture's displacement maps on its material when the emoca backend wrote
         them."""
-        from . import cli_scene, rig_build
+        from .scene import cli_scene, rig_build
         from .properties import get_prefs
         props = context.scene.emoca
         flame_dir = properties.abspath(getattr(get_prefs(context), "flame_folder", "") or "")
@@ -134,8 +122,8 @@ class EMOCA_OT_build_rig(bpy.types.Operator):
             mesh, arm, summary = rig_build.build_flame_rig(
                 model, cap, f"Actor_{stem}", collection=ensure_collection(context.scene),
                 frame_start=props.frame_start, timing=properties.timing(context))
-            from . import displacement_material as dm
-            if dm._core_module("displacement").sequence_dir(capture_path).is_dir():
+            from .scene import displacement_material as dm
+            if dm._core_module("models.displacement").sequence_dir(capture_path).is_dir():
                 dm.apply_to_rig(mesh, capture_path, frame_start=props.frame_start)
         except Exception as e:  # noqa: BLE001 - BadInput and FLAME errors read as one line
             if type(e).__name__ in ("BadInput", "FlameError", "HeadModelError", "CaptureError"):
@@ -168,10 +156,10 @@ def _key_emotion(obj, cap, frame_start: int, timing: str = "clip") -> None:
     """The capture's emotion curves, when it has them, keyed on the rig (custom properties),
     at the rig's key frames."""
     if "emotion_probs" in cap:
-        from . import ops_emotion, rig_build
+        from .scene import emotion_curves, rig_build
         frames = rig_build.capture_key_frames(cap, frame_start,
                                               rig_build.timing_rate(cap, timing))
-        ops_emotion.key_emotion_curves(obj, cap, frame_start, frames=frames)
+        emotion_curves.key_emotion_curves(obj, cap, frame_start, frames=frames)
 
 
 class EMOCA_OT_add_sample_character(bpy.types.Operator):
@@ -196,7 +184,7 @@ class EMOCA_OT_add_sample_character(bpy.types.Operator):
     def execute(self, context):
         from ._core import head_model
         props = context.scene.emoca
-        from . import rig_build
+        from .scene import rig_build
         try:
             model, identity = rig_build.arkit_head()
         except head_model.HeadModelError as e:

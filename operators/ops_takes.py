@@ -97,13 +97,13 @@ def character_objects(context) -> list:
 
 
 def _unique(tl, stem: str) -> str:
-    from . import takes
+    from .scene import takes
     return takes.take_name(stem, {it.name for it in tl.items})
 
 
 def find(context, item):
     """The :class:`takes.Take` of a list item on the character, or None."""
-    from . import takes
+    from .scene import takes
     objs = character_objects(context)
     return next((t for t in takes.find_takes(objs) if t.name == item.name), None)
 
@@ -112,7 +112,7 @@ def switch_to(context, item, play: bool = False) -> None:
     """Show take ``item``: the scene's range is its frames, the current frame its first,
     the reference video its clip (when the scene has the reference); ``play`` starts
     playback."""
-    from . import takes
+    from .scene import takes
     t = find(context, item)
     if t is None:
         raise ValueError(f"{item.name} is not on the character (Retarget Takes)")
@@ -132,7 +132,7 @@ def _show_reference(context, item, take) -> None:
     """When the scene shows a reference video (``reference_video``), make it this take's
     clip, placed as it was. Nothing otherwise (never an error)."""
     try:
-        from . import reference_video as rv
+        from .scene import reference_video as rv
     except ImportError:
         return
     try:
@@ -159,7 +159,8 @@ def bake_item(context, item, start=None) -> dict:
     """Bake one captured take onto the character (the Retarget panel's mapping, bones and
     key reduction), at ``start`` (default: where it already is, else after the last take),
     as its own action named after it on the NLA. Returns the bake summary."""
-    from . import ops_retarget, rig_build, takes
+    from . import ops_retarget
+    from .scene import rig_build, takes
     from ._core import capture_file
     objs = character_objects(context)
     if not objs:
@@ -197,7 +198,7 @@ def bake_captured(context, items=None) -> tuple[list[str], list[str]]:
     """Bake every captured (not yet baked) take, in list order (or ``items``); the scene
     first takes the first take's clip rate when the Scene Rate says Retime Scene to Clip
     and the character has no take yet. Returns (baked names, problems)."""
-    from . import rig_build, takes
+    from .scene import rig_build, takes
     from ._core import capture_file
     tl = take_list(context)
     items = [it for it in tl.items if it.state == 'CAPTURED'] if items is None else items
@@ -321,7 +322,7 @@ class EMOCA_OT_take_add_videos(bpy.types.Operator):
     def execute(self, context):
         from ._core import core
         import importlib
-        core_takes = importlib.import_module(core.__name__ + ".takes")
+        core_takes = importlib.import_module(core.__name__ + ".capture.takes")
         folder = properties.abspath(self.directory)
         names = [f.name for f in self.files if f.name]
         try:
@@ -431,7 +432,7 @@ class EMOCA_OT_capture_takes(WorkerJobOperator, bpy.types.Operator):
         return cmd, None, f"Capturing {len(todo)} takes"
 
     # (the machinery is called as WorkerJobOperator.x(self, ...), not super(), so that a
-    # stand-in for the operator can drive it: tests/test_takes_ui.py)
+    # stand-in for the operator can drive it: tests/operators/test_takes_ui.py)
     def _start(self, context):
         job = WorkerJobOperator._start(self, context)
         if job is None:
@@ -638,7 +639,7 @@ class EMOCA_OT_takes_show_all(bpy.types.Operator):
         return _has_baked(cls, context)
 
     def execute(self, context):
-        from . import takes
+        from .scene import takes
         reel = takes.find_takes(character_objects(context))
         if not reel:
             self.report({'ERROR'}, "No take on the character")
@@ -665,7 +666,7 @@ class EMOCA_OT_take_remove(bpy.types.Operator):
         return properties.poll_ok(cls, problem)
 
     def execute(self, context):
-        from . import takes
+        from .scene import takes
         tl = take_list(context)
         item, i = _index(context, self.index)
         if item is None:

@@ -310,7 +310,7 @@ def _poll_armature(self, obj):
 
 def _reference_update(self, context):
     """The Rig panel's reference toggles, applied to the scene's reference plane and strip."""
-    from . import reference_video
+    from .scene import reference_video
     reference_video.apply_settings(self.id_data, self.show_reference, self.reference_opacity,
                                    self.reference_placement, self.reference_sound)
 

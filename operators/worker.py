@@ -167,7 +167,7 @@ def capture_command(python: str, video: str | os.PathLike, output: str | os.Path
                     flame_dir: str | os.PathLike | None = None,
                     emoca_checkpoint: str | os.PathLike | None = None,
                     extra: Sequence[str] = ()) -> list[str]:
-    """The worker's command line (the core's CLI, ``emoca_blender/cli.py``)::
+    """The worker's command line (the core's CLI, ``emoca_blender/cli/main.py``)::
 
         python -u -m emoca_blender capture VIDEO -o OUT --backend B --progress json
                --device D --face-index I --filter S [--cache-dir DIR]

@@ -6,9 +6,11 @@ import bpy
 
 try:
     from ..operators import ops_capture, ops_emotion, ops_emotion_jobs
+    from ..operators.scene import emotion_curves
     from .sidebar import _EmocaPanel, _button, _reason
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
     from operators import ops_capture, ops_emotion, ops_emotion_jobs
+    from operators.scene import emotion_curves
     from panels.sidebar import _EmocaPanel, _button, _reason
 
 
@@ -94,7 +96,7 @@ def draw_curves(context, layout, tl):
     _button(layout, "emoca.key_emotion",
             None if target is not None else "Build the actor rig first (or select an "
             "object)", icon='KEYINGSET')
-    if target is not None and any(k.startswith(ops_emotion.PREFIX) for k in target.keys()):
+    if target is not None and any(k.startswith(emotion_curves.PREFIX) for k in target.keys()):
         layout.label(text=f"Keyed on {target.name}", icon='CHECKMARK')
     layout.separator()
     col = layout.column()

@@ -9,11 +9,11 @@ import os
 import bpy
 
 try:
-    from ..operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                             properties, reference_video, runtime, worker)
+    from ..operators import ops_capture, ops_export, ops_retarget, properties, runtime, worker
+    from ..operators.scene import displacement_material, reference_video
 except ImportError:  # panels/ imported as a top-level package (tests from the repo root)
-    from operators import (displacement_material, ops_capture, ops_export, ops_retarget,
-                           properties, reference_video, runtime, worker)
+    from operators import ops_capture, ops_export, ops_retarget, properties, runtime, worker
+    from operators.scene import displacement_material, reference_video
 
 
 def _reason(layout, problem) -> None:

@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The tests mirror the layout in folders (tests/capture/, tests/operators/, ...), and some
+# import helpers and fixtures from each other's modules by name (test_extension's Blender
+# session, test_blender_rig's empty_scene, test_capture_write's _capture): every folder of
+# tests is importable, after the root and tests/ itself.
+for _d in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _d.is_dir() and (_d / "__init__.py").exists() is False and _d.name.isidentifier() \
+            and any(_d.glob("test_*.py")) and str(_d) not in sys.path:
+        sys.path.append(str(_d))
+
 SHARED = ROOT.parent / "shared"
 MEDIA = SHARED / "media"
 DEMO_CLIPS = ROOT / ".cache" / "demo" / "clips"

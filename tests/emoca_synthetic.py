@@ -35,7 +35,7 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from emoca_blender import emoca_net as N  # noqa: E402
+from emoca_blender.models import emoca_net as N  # noqa: E402
 
 
 @contextlib.contextmanager

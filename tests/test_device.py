@@ -250,7 +250,7 @@ def test_driver_version_reader_answers_without_a_gpu():
 
 
 def test_device_command_imports_nothing_heavy_until_run():
-    code = ("import sys; sys.path.insert(0, %r); import emoca_blender.cli as c; "
+    code = ("import sys; sys.path.insert(0, %r); import emoca_blender.cli.main as c; "
             "c.build_parser().parse_args(['device', '--json']); "
             "print(sorted({'torch', 'cv2', 'mediapipe', 'bpy'} & set(sys.modules)))"
             % str(ROOT))

@@ -151,7 +151,7 @@ def test_zip_holds_what_an_installed_add_on_needs(built_zip):
                    "panels/sidebar.py"):
         assert needed in names
     if (ROOT / "emoca_blender" / "cli.py").is_file():
-        assert "emoca_blender/cli.py" in names and "emoca_blender/__main__.py" in names
+        assert "emoca_blender/cli/main.py" in names and "emoca_blender/__main__.py" in names
     for f in (ROOT / "bundled_models").glob("*.npz"):
         assert f"bundled_models/{f.name}" in names
     for n in names:

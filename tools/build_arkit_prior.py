@@ -1,5 +1,5 @@
 """Build ``bundled_models/arkit_prior.npz``: the real-expression prior of the emotion
-refinement (:mod:`emoca_blender.expression_prior`).
+refinement (:mod:`emoca_blender.emotion.expression_prior`).
 
     python tools/build_arkit_prior.py [--out bundled_models/arkit_prior.npz] [--captures DIR]
                                       [--with-research-clips]
@@ -42,7 +42,7 @@ def video_clips(research: bool = True) -> list[Path]:
 def capture_clip(clip: Path, captures: Path | None = None):
     """The default capture of a clip (cached in ``captures`` when given)."""
     from emoca_blender import capture_file
-    from emoca_blender.pipeline import CaptureSettings, run_capture
+    from emoca_blender.capture.pipeline import CaptureSettings, run_capture
 
     if captures is not None:
         out = Path(captures) / f"{clip.stem}.capture.npz"
@@ -61,7 +61,7 @@ def capture_frames(cap) -> np.ndarray:
 
 
 def livelink_takes() -> list[tuple[str, np.ndarray]]:
-    from emoca_blender import livelink
+    from emoca_blender.retarget import livelink
 
     out = []
     for f in sorted((SHARED / "livelink").glob("*.csv")):
@@ -84,8 +84,8 @@ def all_takes(captures: Path | None = None, caps: dict | None = None,
 
 def main(argv=None) -> int:
     from emoca_blender.arkit import ARKIT_NAMES
-    from emoca_blender.expression_prior import ARKIT_PRIOR, fit_prior, save_prior
-    from emoca_blender.head_model import BUNDLED_DIR
+    from emoca_blender.emotion.expression_prior import ARKIT_PRIOR, fit_prior, save_prior
+    from emoca_blender.models.head_model import BUNDLED_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / ARKIT_PRIOR)

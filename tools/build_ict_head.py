@@ -11,7 +11,7 @@ The build is deterministic (MediaPipe on the CPU, no random numbers).
 Geometry
 --------
 * Units and axes: ICT's centimetres, +Y up, +Z out of the face, +X the subject's left, to
-  metres in the same axes (the head-model frame of ``emoca_blender.head_model``).
+  metres in the same axes (the head-model frame of ``emoca_blender.models.head_model``).
 * Parts kept (ICT vertex ranges, inclusive): face 0-9408, head and neck 9409-11247, mouth
   socket 11248-13293, eye sockets 13294-14061, gums and tongue 14062-17038, teeth
   17039-21450, eyeballs 21451-24590 (sclera, then iris, per eye), eyelashes 25351-26718.
@@ -44,7 +44,7 @@ Landmarks (MediaPipe's 478 on the ICT surface)
    68-point brow landmarks, lips inside its outer-lip contour, dark irises, white sclera,
    lashes a shade darker than the skin, a dark mouth) and rendered head-on with Workbench in several framings; MediaPipe
    FaceLandmarker (IMAGE mode) finds the 478 landmarks in each, and the median position per
-   landmark is taken (as ``operators/correspondence.py`` does for characters).
+   landmark is taken (as ``operators/scene/correspondence.py`` does for characters).
 2. Each landmark is cast along the view onto the part it belongs to: the irises onto the
    eyeballs; the eye contours onto the upper or lower lid's skin, the inner lip contours
    onto the upper or lower lip; everything else onto the face skin (never the lashes). A
@@ -74,10 +74,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emoca_blender import mediapipe_topology as mt  # noqa: E402
+from emoca_blender.models import mediapipe_topology as mt  # noqa: E402
 from emoca_blender.arkit import ARKIT_NAMES  # noqa: E402
-from emoca_blender.head_model import (BUNDLED_DIR, ICT_HEAD, HeadModel,  # noqa: E402
-                                      save_head_model)
+from emoca_blender.models.head_model import BUNDLED_DIR, ICT_HEAD, HeadModel, save_head_model
 
 DEFAULT_ICT = ROOT.parent / "shared" / "ict_facekit"
 CM = 0.01
@@ -343,7 +342,7 @@ def detect_views(model: HeadModel, vertices: np.ndarray, colors: np.ndarray, tmp
         (with ``pixels``: MediaPipe's (R,478,3) image landmarks as detected), and (R,) zoom
         of each.
     """
-    from operators.correspondence import detect_landmarks, render_front
+    from operators.scene.correspondence import detect_landmarks, render_front
 
     world = to_blender(vertices)
     skin = np.isin(model.vertex_part, [0])
@@ -375,7 +374,7 @@ def detect_views(model: HeadModel, vertices: np.ndarray, colors: np.ndarray, tmp
 def _cast_front_xy(vertices: np.ndarray, tri: np.ndarray, xy: np.ndarray):
     """Rays along -Z (from the front) through model (x, y): first hit per ray.
     Returns (tri vertex ids (L,3), bary (L,3), hit (L,))."""
-    from operators.correspondence import cast_front
+    from operators.scene.correspondence import cast_front
     world = to_blender(vertices)
     # Blender x = model x, Blender z = model y
     return cast_front(world, tri, np.asarray(xy, np.float64))

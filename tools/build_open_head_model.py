@@ -8,7 +8,7 @@ Everything comes from material the project may ship, and the build is determinis
 Geometry
 --------
 * Mesh: MediaPipe's canonical face mesh (468 vertices, UVs, 898 triangles; Apache-2.0),
-  read from ``face_landmarker.task`` by :mod:`emoca_blender.mediapipe_topology`, scaled from
+  read from ``face_landmarker.task`` by :mod:`emoca_blender.models.mediapipe_topology`, scaled from
   centimetres to metres. The 14+14 triangles that cover each eye opening and the 18 that
   close the mouth are removed, so eyes and mouth are holes that can open.
 * Irises: 10 vertices 468-477 in MediaPipe's landmark order (per eye a centre and 4 ring
@@ -89,10 +89,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from emoca_blender import mediapipe_topology as mt  # noqa: E402
-from emoca_blender.detail_mesh import vertex_normals  # noqa: E402
+from emoca_blender.models import mediapipe_topology as mt  # noqa: E402
+from emoca_blender.models.detail_mesh import vertex_normals  # noqa: E402
 from emoca_blender.arkit import ARKIT_NAMES, INDEX, MIRROR_INDEX, from_mediapipe  # noqa: E402
-from emoca_blender.head_model import HeadModel, pose_vertices, save_head_model  # noqa: E402
+from emoca_blender.models.head_model import HeadModel, pose_vertices, save_head_model  # noqa: E402
 
 CM = 0.01
 CLIPS = ("WolfgangLanger_Pexels.mp4", "single_face.mp4")

@@ -72,7 +72,7 @@ def head_render(model, colors, weights: np.ndarray, tmp: Path, tag: str) -> np.n
     import cv2
 
     from build_ict_head import to_blender
-    from operators.correspondence import render_front
+    from operators.scene.correspondence import render_front
 
     v = model.expression_vertices(np.asarray(weights, np.float32)).astype(np.float64)
     face = v[model.vertex_part == 0]
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
     from build_ict_head import paint_colors
     from emoca_blender.capture_file import load_capture
-    from emoca_blender.head_model import ICT_HEAD, bundled, load_head_model
+    from emoca_blender.models.head_model import ICT_HEAD, bundled, load_head_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "fidelity.jpg")

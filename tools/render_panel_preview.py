@@ -6,7 +6,7 @@ beside the sample character it was retargeted onto, at one frame, as ``docs/prev
     python tools/render_panel_preview.py --capture out/clip.capture.npz --frame 120
     python tools/render_panel_preview.py --video my.mp4 -o /tmp/preview.png
 
-Uses the bpy module and the CLI's scene functions (``operators/cli_scene.py``:
+Uses the bpy module and the CLI's scene functions (``operators/scene/cli_scene.py``:
 ``build_actor`` + ``retarget``), the same code as ``python -m emoca_blender run``. Without
 ``--capture`` the video (default: the demo clip ``.cache/demo/clips/single_face.mp4``) is
 captured first with ``python -m emoca_blender capture`` into a temporary folder. Without
@@ -94,7 +94,7 @@ def _label(text, location, size):
 
 def render(capture_path: Path, out: Path, frame: int | None, width: int, height: int) -> dict:
     import bpy
-    from operators import cli_scene
+    from operators.scene import cli_scene
     from operators._core import capture_file
 
     cap = capture_file.load_capture(capture_path)

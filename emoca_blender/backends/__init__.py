@@ -1,8 +1,13 @@
 """Capture backends: one small interface, chosen by name in the UI or the CLI.
 
 A backend turns a stream of frames into per-frame measurements (:class:`Tracked`); the
-shared pipeline (:mod:`emoca_blender.pipeline`) handles decoding, gaps, filtering, emotion
+shared pipeline (:mod:`emoca_blender.capture.pipeline`) handles decoding, gaps, filtering, emotion
 and writing the Capture. Adding a backend = one module + one line in ``BACKENDS``.
+
+May import: the top-level leaves, :mod:`..models` and the capture's stages
+(:mod:`..capture.solve`, :mod:`..capture.landmark_solve`, ...); never the capture's jobs
+(:mod:`..capture.pipeline`, which calls the backends), :mod:`..emotion`, :mod:`..retarget` or
+:mod:`..cli` (checked by ``tests/test_layers.py``).
 """
 from __future__ import annotations
 

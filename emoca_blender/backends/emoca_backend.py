@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import device_info, emoca_crop
-from .. import emoca_net as N
+from .. import device_info
+from ..models import emoca_crop
+from ..models import emoca_net as N
 from ..errors import BadInput
 from . import Tracked
 
@@ -171,7 +172,7 @@ _CACHE: dict[tuple, object] = {}
 
 def load_checkpoint_cached(path):
     """emoca_checkpoint.load, remembered per (path, size, mtime) for this process."""
-    from .. import emoca_checkpoint
+    from ..models import emoca_checkpoint
 
     p = Path(path)
     try:
@@ -225,7 +226,7 @@ class EmocaBackend:
     def __init__(self, face_index: int = 0, neutral_frame: int = -1, checkpoint=None,
                  flame_dir=None, device: str = "auto", batch_size: int = 0,
                  precision: str = "auto", workers_queue: int = 3, **_ignored):
-        from .. import flame as F
+        from ..models import flame as F
 
         self.face_index, self.neutral_frame = int(face_index), int(neutral_frame)
         self.checkpoint_path = _checkpoint_path(checkpoint)
@@ -285,7 +286,7 @@ class EmocaBackend:
         self._update_report()
 
     def model_files(self) -> dict[str, str]:
-        from ..mediapipe_topology import task_path
+        from ..models.mediapipe_topology import task_path
 
         return {"emoca_checkpoint": str(self.checkpoint_path),
                 "flame_model": self.assets.model.source, "face_landmarker": str(task_path())}
@@ -455,7 +456,7 @@ class EmocaBackend:
     def after_capture(cls, capture, path, settings=None, progress=None, cancel=None):
         """Write the displacement sequence beside the saved capture (skipped when a complete
         one for this capture is there already). Returns its folder or None."""
-        from .. import displacement
+        from ..models import displacement
 
         if "detail" not in capture:
             return None

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import flame as F
+from ..models import flame as F
 from ..errors import BadInput
 from . import Tracked
 
@@ -509,7 +509,7 @@ def arkit_from_flame(m: F.FlameModel, emb: F.Embedding, shape, expression, jaw):
     """(N,52) ARKit weights: FLAME's expression + jaw at the embedded landmarks (identity
     removed, head frame) solved against the open head model's ARKit basis at the same
     MediaPipe landmarks, scaled to the open head's size, with the shared bounded solve."""
-    from .. import landmark_solve as ls
+    from ..capture import landmark_solve as ls
     from ..arkit import INDEX
 
     N = expression.shape[0]
@@ -557,7 +557,7 @@ class FlameFitBackend:
         self.head_model = self.assets.model.model_id()
 
     def model_files(self) -> dict[str, str]:
-        from ..mediapipe_topology import task_path
+        from ..models.mediapipe_topology import task_path
 
         m = self.assets.model
         files = {"flame_model": m.source, "face_landmarker": str(task_path())}

@@ -19,7 +19,7 @@ import numpy as np
 from ..arkit import ARKIT_NAMES, from_mediapipe
 from ..errors import BadInput, Cancelled
 from . import Tracked
-from .. import solve
+from ..capture import solve
 
 
 _QUIET_LOCK = threading.Lock()
@@ -291,12 +291,12 @@ class MediaPipeBackend:
 
     # -- model -------------------------------------------------------------------------
     def model_files(self) -> dict[str, str]:
-        from ..mediapipe_topology import task_path
+        from ..models.mediapipe_topology import task_path
 
         return {"face_landmarker": str(task_path())}
 
     def _landmarker(self, mode: str, num_faces: int):
-        from ..mediapipe_topology import task_path
+        from ..models.mediapipe_topology import task_path
 
         mp, BaseOptions, vision = _mp()
         running = vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE
@@ -315,7 +315,7 @@ class MediaPipeBackend:
         takes ~10 ms against ~50 ms for a landmarker): used to count faces in the stream."""
         import zipfile
 
-        from ..mediapipe_topology import task_path
+        from ..models.mediapipe_topology import task_path
 
         mp, BaseOptions, vision = _mp()
         key = str(task_path())
@@ -598,3 +598,53 @@ def _choose_face(pts, prev_center, prev_size, face_index, crowded: bool = False)
     if d[k] > max(prev_size, 1.0) * 1.0 and (len(pts) > 1 or crowded):
         return None
     return k
+
+
+def detect_landmarks(image, min_detection: float = 0.3) -> np.ndarray | None:
+    """MediaPipe FaceLandmarker (IMAGE mode) on one RGB image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB array, or a path to an image file.
+        min_detection: detection / presence confidence threshold (renders of stylised or
+            untextured heads score lower than photographs).
+    Returns:
+        (478, 3) float64 landmarks: x, y in pixels (origin top-left), z in MediaPipe's
+        pixel-scaled depth units; None when no face is found.
+    Raises:
+        BadInput: the image file is missing or cannot be decoded.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., :3])
+    h, w = rgb.shape[:2]
+    from ..models.mediapipe_topology import task_path
+
+    mp, BaseOptions, vision = _mp()
+    opts = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(task_path())),
+        running_mode=vision.RunningMode.IMAGE, num_faces=1,
+        min_face_detection_confidence=min_detection,
+        min_face_presence_confidence=min_detection)
+    with quiet_native_stderr():
+        lm = vision.FaceLandmarker.create_from_options(opts)
+    try:
+        res = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+    finally:
+        lm.close()
+    if not res.face_landmarks:
+        return None
+    pts = np.array([[p.x * w, p.y * h, p.z * w] for p in res.face_landmarks[0]], np.float64)
+    return pts
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB. Raises BadInput naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInput(f"image not found: {path}")
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise BadInput(f"cannot decode image {path} (expected PNG or JPEG)")
+    return bgr[..., ::-1].copy()
