@@ -346,17 +346,9 @@ def error_line(stderr_lines: Sequence[str], returncode: int | None,
 def complete_capture(path: str | os.PathLike) -> bool:
     """True when ``path`` is a capture npz whose sidecar vouches for it (completely
     published by the core's atomic write protocol)."""
-    p = Path(path)
-    if not p.name.endswith(CAPTURE_SUFFIX):
-        return False
     from ._core import capture_file
 
-    try:
-        f, _meta = capture_file.verified_npz(p)
-    except (capture_file.CaptureError, OSError):
-        return False
-    f.close()
-    return True
+    return Path(path).name.endswith(CAPTURE_SUFFIX) and capture_file.is_complete(path)
 
 
 # --------------------------------------------------------------------------------------

@@ -170,6 +170,12 @@ def _face_index_problem(face_index: int, tinfo: dict, n: int, start: int, name: 
             f"--face-index {max(seen - 1, 0)} or less")
 
 
+def _source_meta(path: Path, vhash: str) -> dict:
+    """The capture's ``source`` entry: the video this run was given, and its content hash."""
+    return {"path": str(path.resolve()), "hash": vhash, "size": path.stat().st_size,
+            "name": path.name}
+
+
 def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> CaptureResult:
     settings = settings or CaptureSettings()
     t_all = time.perf_counter()
@@ -197,8 +203,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                 # the same video (by content) may have been captured at another path: the
                 # output names the video this run was given (the reference video, the
                 # emotion tools and later runs open it), so it is written anew then
-                source = {"path": str(info.path.resolve()), "hash": vhash,
-                          "size": info.path.stat().st_size, "name": info.path.name}
+                source = _source_meta(info.path, vhash)
                 if cap.meta.get("source") == source:
                     capture_file.copy_capture(cached, out)
                 else:
@@ -306,8 +311,7 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
         "height": info.height,
         "frame_start": start,
         "variable_frame_rate": vfr is not None,
-        "source": {"path": str(info.path.resolve()), "hash": vhash,
-                   "size": info.path.stat().st_size, "name": info.path.name},
+        "source": _source_meta(info.path, vhash),
         "backend": {"name": settings.backend, "licence": BACKENDS[settings.backend][2],
                     "model_files": {k: {"path": v, "hash": _model_hash(v)}
                                     for k, v in backend.model_files().items()},
