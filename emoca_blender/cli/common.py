@@ -106,6 +106,21 @@ def _stem(path) -> str:
     return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else Path(path).stem
 
 
+def _ensure_folder(out: Path) -> Path:
+    """``out`` as an existing folder (created with its parents); BadInput when it is a file
+    or cannot be created."""
+    from ..errors import BadInput
+
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"output {out} exists and is not a folder")
+    if not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise BadInput(f"cannot create output folder {out} ({e.strerror})") from None
+    return out
+
+
 _CANCEL = {"flag": False}
 
 

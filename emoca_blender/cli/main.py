@@ -22,7 +22,7 @@ from . import takes as takes_cli
 from .common import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, _CANCEL,
                      _bad_input_types, _blender_side, _cache_dir, _cancel_requested,
                      _capture_settings, _check_character, _check_output_name, _check_writable,
-                     _key_options, _load_capture, _stem)
+                     _ensure_folder, _key_options, _load_capture, _stem)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -173,16 +173,7 @@ def cmd_run(args, progress) -> int:
         from ..errors import BadInput
         raise BadInput("--per-take is for several videos (takes); one video has one take")
     scene = _blender_side("scene.cli_scene")
-    out_dir = Path(args.out_dir)
-    from ..errors import BadInput
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"output {out_dir} exists and is not a folder")
-    if not out_dir.exists():
-        try:
-            out_dir.mkdir(parents=True)
-        except OSError as e:
-            raise BadInput(f"cannot create output folder {out_dir} ({e.strerror})") from None
+    out_dir = _ensure_folder(Path(args.out_dir))
     name = args.name or Path(args.video).stem
     _check_character(args.character, "run")
     cap_path = output_path(out_dir / name)

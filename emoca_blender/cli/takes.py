@@ -70,14 +70,9 @@ def _out_dir(path, command: str) -> Path:
     if out.name.lower().endswith(SUFFIX):
         raise BadInput(f"output {out}: {command} with several videos writes one "
                        f"NAME{SUFFIX} per video into a folder; give -o FOLDER")
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"output {out} exists and is not a folder")
-    if not out.exists():
-        try:
-            out.mkdir(parents=True)
-        except OSError as e:
-            raise BadInput(f"cannot create output folder {out} ({e.strerror})") from None
-    return out
+    from .common import _ensure_folder
+
+    return _ensure_folder(out)
 
 
 def _capture_all(args, progress, out_dir: Path):

@@ -493,12 +493,9 @@ def _export_takes(path: Path, objs, names, preset: str, global_scale: float,
 
     scene = bpy.context.scene
     try:
-        tk = takes_mod.select_takes(objs, names)
-        rate = takes_mod.take_rate(tk, scene)
+        tk, rate, first, last = takes_mod.export_span(objs, names, scene)
     except takes_mod.TakeError as e:
         raise FbxExportError(str(e)) from None
-    first = min(t.frames[0] for t in tk)
-    last = max(t.frames[1] for t in tk)
     reduced = any(float(t.action.get(TOLERANCE_PROP, 0.0) or 0.0) > 0 for t in tk)
     as_baked = _keys_as_baked(first, objs, tk) if reduced else contextlib.nullcontext()
     with exporting(objs, first, last, engine_ready=preset != "plain", take_name=tk[0].name,

@@ -247,12 +247,9 @@ def _export_takes(path: Path, objs, names, verify: bool) -> Path:
 
     scene = bpy.context.scene
     try:
-        tk = takes_mod.select_takes(objs, names)
-        rate = takes_mod.take_rate(tk, scene)
+        tk, rate, first, last = takes_mod.export_span(objs, names, scene)
     except takes_mod.TakeError as e:
         raise GltfExportError(str(e)) from None
-    first = min(t.frames[0] for t in tk)
-    last = max(t.frames[1] for t in tk)
     with fbx_io.exporting(objs, first, last, take_name=tk[0].name, rate=rate), \
             takes_mod.only_takes(objs, [t.name for t in tk], mute_rest=True), \
             capture_file.written_beside(path, suffix=".part.glb") as tmp:

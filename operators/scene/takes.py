@@ -174,6 +174,15 @@ def select_takes(objects, names=None) -> list[Take]:
     return [by[n] for n in names]
 
 
+def export_span(objects, names, scene=None) -> tuple[list[Take], float, int, int]:
+    """What an export of takes covers: (the takes ``names`` (all when None), their common
+    frame rate, the first and the last scene frame); TakeError as :func:`select_takes` and
+    :func:`take_rate` raise it."""
+    tk = select_takes(objects, names)
+    rate = take_rate(tk, scene)
+    return tk, rate, min(t.frames[0] for t in tk), max(t.frames[1] for t in tk)
+
+
 def next_start(objects, first: int = 1, gap: int = GAP) -> int:
     """Where a new take starts: ``first`` when there is none, else :data:`GAP` frames
     after the last take's last frame."""
