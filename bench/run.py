@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-BENCHES = ["capture_speed", "fidelity", "solve_accuracy", "retarget_speed", "key_reduction", "rig_build", "flame_fit_accuracy", "emotion_refine", "emoca_speed"]
+BENCHES = ["capture_speed", "fidelity", "solve_accuracy", "retarget_speed", "key_reduction", "rig_build", "flame_fit_accuracy", "emotion_refine", "emoca_speed", "register_speed"]
 
 
 def fmt(v) -> str:

