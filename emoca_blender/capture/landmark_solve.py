@@ -119,7 +119,7 @@ def point_weights(n_points: int = 478, z_weight: float = Z_WEIGHT) -> np.ndarray
 # Bounded least squares, batched
 # ---------------------------------------------------------------------------------------------
 def box_qp(G: np.ndarray, h: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-           iters: int = 10, polish: int = 100) -> np.ndarray:
+           iters: int = 10, polish: int = 100, start: np.ndarray | None = None) -> np.ndarray:
     """Solve ``min_w 1/2 w^T G w - h_n^T w`` s.t. ``lo <= w <= hi`` for every row h_n.
 
     Primal-dual active set (Hintermueller, Ito, Kunisch 2003): each iteration guesses
@@ -131,6 +131,8 @@ def box_qp(G: np.ndarray, h: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         G: (K,K) symmetric positive definite, shared by all rows, or (N,K,K) one per row.
         h: (N,K) linear terms.
         lo, hi: (K,) bounds (lo == hi pins a variable).
+        start: optional (N,K) first guess (e.g. the solution of a nearby problem): its
+            active set is the first guess, instead of the clipped unconstrained solution's.
     Returns:
         (N,K) solutions.
     """
@@ -156,8 +158,11 @@ def box_qp(G: np.ndarray, h: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             return diagG[rows] if per_row else diagG
 
         allrows = np.arange(n)
-        w0 = (np.linalg.solve(Gb, hb[..., None])[..., 0] if per_row
-              else np.linalg.solve(Gb, hb.T).T)
+        if start is not None:
+            w0 = np.asarray(start[a:a + n], np.float64)
+        else:
+            w0 = (np.linalg.solve(Gb, hb[..., None])[..., 0] if per_row
+                  else np.linalg.solve(Gb, hb.T).T)
         w = np.clip(w0, lo, hi)
         grad = times_G(w, allrows) - hb
         state = np.zeros((n, K), np.int8)
@@ -261,16 +266,19 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
     # each rigid column scaled to the shapes' mean size (the columns are free, so this
     # changes nothing but the conditioning of the active-set solve)
     Jr = Jr * (np.linalg.norm(Bf, axis=1).mean() / np.linalg.norm(Jr, axis=1))[:, None]
-    A = np.vstack([Bf, Jr])
+    hi_k = np.ones(K) if pinned is None else np.where(np.asarray(pinned, bool), 0.0, 1.0)
+    # the pinned components (held at 0 or known) leave the fit's columns: the solution is
+    # the same, the normal equations are smaller (52 -> 43 columns with gaze and tongue out)
+    free = np.flatnonzero(hi_k > 0)
+    Kf = free.size
+    A = np.vstack([Bf[free], Jr])
     G = (A * pw) @ A.T
     dg = np.diag(G).copy()
-    G += ridge * np.diag(np.maximum(dg, 1e-6 * float(dg[:K].mean())))
-    lo = np.r_[np.zeros(K), np.full(7, -np.inf)]
-    hi = np.r_[np.ones(K), np.full(7, np.inf)]
-    if pinned is not None:
-        hi[:K] = np.where(np.asarray(pinned, bool), 0.0, 1.0)
+    G += ridge * np.diag(np.maximum(dg, 1e-6 * float(dg[:Kf].mean() if Kf else 1.0)))
+    lo = np.r_[np.zeros(Kf), np.full(7, -np.inf)]
+    hi = np.r_[np.ones(Kf), np.full(7, np.inf)]
     known = np.zeros((N, P * 3)) if fixed is None else (
-        np.where(hi[:K] > 0, 0.0, np.asarray(fixed, np.float64)) @ Bf)
+        np.where(hi_k > 0, 0.0, np.asarray(fixed, np.float64)) @ Bf)
     sw = np.ones(len(STABLE_POINTS)) if stable_weights is None else stable_weights
     s, R, t, pf = _align(X[:, STABLE_POINTS], neutral[STABLE_POINTS], sw)
     pf = (((X - t[:, None]) @ R) / s[:, None, None])
@@ -280,15 +288,16 @@ def solve_sequence(cam_pts: np.ndarray, neutral: np.ndarray | None = None,
         wr = box_qp(G, (d * pw) @ A.T, lo, hi)
         if r == rounds and robust:
             wr = robust_refit(A, d, wr, pw, allw, ridge, lo, hi)
-        w = wr[:, :K]
+        w = np.zeros((N, K))
+        w[:, free] = wr[:, :Kf]
         if r == rounds:
-            pf = pf - (wr[:, K:] @ Jr).reshape(N, P, 3)        # the rigid drift left over
+            pf = pf - (wr[:, Kf:] @ Jr).reshape(N, P, 3)       # the rigid drift left over
             break
         target = neutral + (w @ Bf + known).reshape(N, P, 3)
         s, R, t, _ = _align(X, target, allw, with_points=False)
         pf = (((X - t[:, None]) @ R) / s[:, None, None])
     if fixed is not None:
-        w = np.where(hi[:K] > 0, w, np.asarray(fixed, np.float64))
+        w = np.where(hi_k > 0, w, np.asarray(fixed, np.float64))
     fit = neutral + (w @ Bf).reshape(N, P, 3)
     sq = ((pf - fit) ** 2).sum(-1)
     res = np.sqrt((sq * allw).sum(-1) / allw.sum()) * 1000.0
@@ -343,7 +352,7 @@ def robust_refit(A: np.ndarray, d: np.ndarray, wr: np.ndarray, pw: np.ndarray,
         dg = G[:, diag, diag]
         G[:, diag, diag] += ridge * np.maximum(dg, 1e-6 * dg.mean(1, keepdims=True))
         W = (cw[:, :, None] * pw3).reshape(len(bad), -1)            # (n,P*3)
-        out[bad] = box_qp(G, (d[bad] * W) @ A.T, lo, hi)
+        out[bad] = box_qp(G, (d[bad] * W) @ A.T, lo, hi, start=out[bad])   # warm start
         r_pt = residual_mm(bad, out[bad])
     return out
 

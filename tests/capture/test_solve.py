@@ -28,6 +28,44 @@ def test_box_qp_matches_scipy():
                          tol=1e-12).x
         np.testing.assert_allclose(w[i], ref, atol=2e-5)
     assert w.min() >= 0 and w.max() <= 1
+    # a warm start (the robust refit's: the previous reweighting's solution), good or poor,
+    # reaches the same optimum, per row G too
+    for start in (w + 0.05 * rng.normal(size=w.shape), np.ones_like(w), np.zeros_like(w)):
+        np.testing.assert_allclose(ls.box_qp(G, b @ A, lo, hi, start=start), w, atol=1e-9)
+        np.testing.assert_allclose(ls.box_qp(np.broadcast_to(G, (40, 12, 12)).copy(), b @ A,
+                                             lo, hi, start=start), w, atol=1e-9)
+
+
+def test_pinned_components_known_from_elsewhere():
+    """Pinned components leave the fit's columns; given as known weights (the gaze, from
+    the irises), they are part of the target and of the result, and the free ones are
+    recovered as well as when everything is solved."""
+    import solve_accuracy as sa
+
+    img, W, R = sa.make_sequence(seed=3, frames=120)
+    basis = ls.ict_head_basis()
+    gaze = [i for i, n in enumerate(basis.names) if n.startswith("eyeLook")]
+    pinned = np.zeros(len(basis.names), bool)
+    pinned[gaze] = True
+    fixed = np.zeros((len(img), len(basis.names)))
+    fixed[:, gaze] = W[:, gaze]
+    res = ls.solve_chunked(img, basis=basis, pinned=pinned, fixed=fixed)
+    free = ~pinned
+    np.testing.assert_allclose(res.weights[:, gaze], W[:, gaze])
+    err_known = np.abs(res.weights[:, free] - W[:, free])[sa.REST:].mean()
+    err_all = np.abs(ls.solve_chunked(img, basis=basis).weights[:, free]
+                     - W[:, free])[sa.REST:].mean()
+    assert err_known <= 0.05 and err_known <= err_all + 1e-3, (err_known, err_all)
+    # known weights enter the fit's target: a wrong known jawOpen is not absorbed by the
+    # free components (their bounds), the residual shows it
+    jaw = basis.names.index("jawOpen")
+    pj = pinned.copy()
+    pj[jaw] = True
+    wrong = fixed.copy()
+    wrong[:, jaw] = np.clip(W[:, jaw] + 0.6, 0, 1)
+    bad = ls.solve_chunked(img, basis=basis, pinned=pj, fixed=wrong)
+    np.testing.assert_allclose(bad.weights[:, jaw], wrong[:, jaw])
+    assert np.median(bad.residual_mm) > np.median(res.residual_mm) + 0.5
 
 
 def test_box_qp_pins_and_bounds():
