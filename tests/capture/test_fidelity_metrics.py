@@ -131,3 +131,95 @@ def test_reproduction_is_zero_when_the_head_moves_like_the_landmarks():
     still = F.reproduction_mm(L, w, np.arange(5), valid, np.zeros_like(B))
     assert still["mm"] == pytest.approx(still["observed_mm"]) and still["mm"] > 0.1
     assert ARKIT_NAMES[INDEX["jawOpen"]] == "jawOpen"
+
+
+# --------------------------------------------------------------------------------------
+# The driven head's visible lip opening (section 1's head side)
+
+@pytest.fixture(scope="module")
+def ict():
+    from emoca_blender.models import head_model
+
+    m = head_model.ict_head()
+    L0, B = F.landmark_basis(m)
+    return m, L0, B, F.MouthAperture(m, L0, B)
+
+
+def _weights(m, **kw) -> np.ndarray:
+    a = np.zeros(len(m.expression_names))
+    for k, v in kw.items():
+        a[list(m.expression_names).index(k)] = v
+    return a
+
+
+APERTURE_CASES = [dict(), dict(mouthRollLower=0.7), dict(jawOpen=0.2), dict(jawOpen=0.5),
+                  dict(jawOpen=1.0), dict(jawOpen=0.5, mouthClose=0.5), dict(mouthFunnel=1.0)]
+
+
+def test_mouth_aperture_reads_what_a_face_shows(ict):
+    m, L0, B, ap = ict
+    W = np.stack([_weights(m, **c) for c in APERTURE_CASES])
+    eye = np.linalg.norm(L0[33] - L0[263])
+    mm = ap(W) * eye * 1000
+    rest, roll, j2, j5, j10, sealed, funnel = mm
+    assert rest < 1.5 and sealed < 1.0              # ICT's neutral: lips touch
+    assert roll < 1.0                               # rolled in, still closed...
+    lmk = F.lip_gap(F.driven_landmarks(L0, B, W)) * eye * 1000
+    assert lmk[1] - lmk[0] > 8.0                    # ...where the embedded 13/14 read it open
+    assert 4.0 < j2 < j5 < j10 and j10 >= 28.0      # the jaw opens it, monotonically
+    assert funnel > 5.0
+
+
+def test_mouth_aperture_matches_a_render(ict, tmp_path):
+    """A Workbench render from the front (face part white, everything else black, no
+    lighting): the dark rows in the aperture's columns between the lips are its gap."""
+    bpy = pytest.importorskip("bpy")
+    m, L0, B, ap = ict
+    W = np.stack([_weights(m, **c) for c in APERTURE_CASES])
+    eye = np.linalg.norm(L0[33] - L0[263])
+    want = ap(W) * eye
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    sc = bpy.context.scene
+    sc.render.engine = "BLENDER_WORKBENCH"
+    px, size = 512, 0.1                               # 0.195 mm a pixel (jawOpen 1 fits)
+    sc.render.resolution_x = sc.render.resolution_y = px
+    sc.display.shading.light = "FLAT"
+    sc.display.shading.color_type = "OBJECT"
+    sc.view_settings.view_transform = "Standard"
+    sc.world = bpy.data.worlds.new("w")
+    sc.world.color = (0, 0, 0)
+    centre = (L0[0] + L0[17]) / 2
+    cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    cam.data.type, cam.data.ortho_scale = "ORTHO", size
+    cam.location = (0.0, float(centre[1]), 0.5)
+    sc.collection.objects.link(cam)
+    sc.camera = cam
+    face = list(m.part_names).index("face")
+    fmask = (np.asarray(m.vertex_part)[m.faces] == face).all(1)
+    objs = []
+    for white, mask in ((True, fmask), (False, ~fmask)):
+        me = bpy.data.meshes.new("p")
+        me.from_pydata(np.zeros((m.n_vertices, 3)).tolist(), [], m.faces[mask].tolist())
+        ob = bpy.data.objects.new("p", me)
+        ob.color = (1, 1, 1, 1) if white else (0, 0, 0, 1)
+        sc.collection.objects.link(ob)
+        objs.append(ob)
+    got = []
+    for w in W:
+        v = m.v_template + np.einsum("k,kvc->vc", w, m.expression_basis.astype(np.float64))
+        for ob in objs:
+            ob.data.vertices.foreach_set("co", v.astype(np.float32).ravel())
+            ob.data.update()
+        sc.render.filepath = str(tmp_path / "a.png")
+        bpy.ops.render.render(write_still=True)
+        img = bpy.data.images.load(sc.render.filepath)
+        a = np.asarray(img.pixels[:], np.float32).reshape(px, px, 4)[::-1, :, 0]   # top row 0
+        bpy.data.images.remove(img)
+        L = F.driven_landmarks(L0, B, w[None])[0]
+        row = lambda y: int(round((centre[1] - y) / size * px + px / 2))   # noqa: E731
+        top, bottom = row(L[0, 1]), row(L[17, 1])
+        cols = [int(round(x / size * px + px / 2)) for x in F.MouthAperture.COLUMNS_M]
+        dark = [(a[top:bottom + 1, c] < 0.5).sum() for c in cols]
+        got.append(np.mean(dark) * size / px)
+    got = np.array(got)
+    assert np.abs(got - want).max() < 0.6e-3, np.c_[got, want] * 1000     # under 0.6 mm
