@@ -244,6 +244,33 @@ def lid_closure(openness: np.ndarray) -> np.ndarray:
     return np.clip((hi - np.asarray(openness, np.float64)) / (hi - lo), 0.0, 1.0)
 
 
+#: the open eye's eyeBlink: eyes are open through most of any clip, so each eye's eyeBlink
+#: is re-zeroed at its BLINK_REST_PERCENTILE-th percentile over the clip, at most
+#: BLINK_REST_MAX (:func:`rest_blinks`). Chosen before measuring (a blink takes a few frames
+#: of every hundred; a fifth of the clip is open eyes in any footage the project has seen).
+BLINK_REST_PERCENTILE = 20.0
+BLINK_REST_MAX = 0.3
+
+
+def rest_blinks(blink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,2) eyeBlink -> (re-zeroed (N,2), the rest value per eye (2,)).
+
+    The lids are solved against the actor's neutral frames; when those caught the eyes wider
+    than they are through the clip (a look up, raised brows), every open frame read as a
+    lid partly lowered (0.15 on a real clip) and the character's eyes stayed half-lidded. An
+    eye's rest is the value it holds most of the time: ``(b - rest) / (1 - rest)``, so open
+    reads 0 and shut still reads 1. A lid held low all clip long stays (the rest is capped).
+    With the automatic neutral only: a neutral frame the user marks is taken at its word,
+    and a calibration take brings the rest it found in its own clip (a constant, so a lid
+    this clip holds low stays low)."""
+    b = np.asarray(blink, np.float64)
+    if b.shape[0] == 0:
+        return b, np.zeros(b.shape[1:])
+    rest = np.minimum(np.percentile(b, BLINK_REST_PERCENTILE, axis=0), BLINK_REST_MAX)
+    rest = np.maximum(rest, 0.0)
+    return np.clip((b - rest) / (1.0 - rest), 0.0, 1.0), rest
+
+
 def iris_gaze_trust(openness: np.ndarray) -> np.ndarray:
     """(N,2) weight in [0, 1] of the iris gaze per eye, from :func:`lid_openness`."""
     lo, hi = IRIS_GAZE_OPENNESS
@@ -318,9 +345,10 @@ def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 1e-12, (a * b).sum(0) / np.maximum(den, 1e-12), np.nan)
 
 
-def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str]:
+def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
     """The neutral of a calibration take (a capture of the same actor at rest): (52,)
-    blendshape-score offsets, (478,3) pose-free neutral landmarks, and its name."""
+    blendshape-score offsets, (478,3) pose-free neutral landmarks, its name, and the (2,)
+    eyeBlink rest it found (:func:`rest_blinks`; 0 for takes captured before it)."""
     from pathlib import Path
 
     from ..capture_file import load_capture
@@ -333,7 +361,10 @@ def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str]:
     lm = np.asarray(cap["neutral_landmarks"], np.float64)
     if lm.shape != (478, 3):
         raise BadInput(f"{Path(path).name}'s neutral has {lm.shape[0]} landmarks, not 478")
-    return np.asarray(cap["neutral_offset"], np.float64), lm, Path(path).name
+    rest = np.asarray(cap.meta.get("backend", {}).get("blink_rest", [0.0, 0.0]), np.float64)
+    if rest.shape != (2,) or not np.all((rest >= 0) & (rest <= BLINK_REST_MAX)):
+        rest = np.zeros(2)
+    return np.asarray(cap["neutral_offset"], np.float64), lm, Path(path).name, rest
 
 
 def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
@@ -444,9 +475,16 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     # ARKit's mouthClose closes the lips over an open jaw, never more than the jaw opens
     # (alone, the sculpted shape pushes the lips through each other)
     a[:, INDEX["mouthClose"]] = np.minimum(a[:, INDEX["mouthClose"]], a[:, INDEX["jawOpen"]])
-    a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]] = np.maximum(
-        a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]],
-        lid_closure(lid_openness(res.pose_free, neutral)))
+    blinks = [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]
+    a[:, blinks] = np.maximum(a[:, blinks], lid_closure(lid_openness(res.pose_free, neutral)))
+    if neutral_take is not None:          # the take's own open-eye rest, a constant
+        blink_rest = np.asarray(neutral_take[3] if len(neutral_take) > 3 else np.zeros(2),
+                                np.float64)
+        a[:, blinks] = np.clip((a[:, blinks] - blink_rest) / (1.0 - blink_rest), 0.0, 1.0)
+    elif nf < 0:
+        a[:, blinks], blink_rest = rest_blinks(a[:, blinks])
+    else:                                 # a neutral frame the user marked: its word
+        blink_rest = np.zeros(2)
 
     from scipy.spatial.transform import Rotation
     rot = np.zeros((F.size, 3))
@@ -494,5 +532,6 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
         },
         "solved_channels": [ARKIT_NAMES[i] for i in SOLVED],
         "lid_scale": [round(float(x), 3) for x in lid_scale],
+        "blink_rest": [round(float(x), 3) for x in blink_rest],
     }
     return out, info

@@ -358,3 +358,21 @@ def test_robust_refit_ignores_invented_far_side_landmarks():
         err[robust] = float(np.abs(res.weights[:, cols] - W[:, cols]).mean())
     assert err[True] <= 0.05, err
     assert err[False] >= 2 * err[True], err
+
+
+def test_rest_blinks_open_reads_open_shut_reads_shut():
+    rng = np.random.default_rng(0)
+    n = 300
+    b = np.full((n, 2), 0.15) + 0.02 * rng.normal(size=(n, 2))    # neutral caught wide eyes
+    b[[40, 41, 42, 200, 201], :] = 1.0                              # blinks
+    got, rest = solve.rest_blinks(np.clip(b, 0, 1))
+    assert np.all(np.abs(rest - 0.135) < 0.02), rest
+    assert got[[40, 41, 42, 200, 201]].min() >= 0.99                # shut still reads shut
+    assert np.median(got, axis=0).max() < 0.03                      # open reads open
+    # a clip already at rest is left as it is; lids held low all clip long stay low
+    calm = np.zeros((n, 2))
+    calm[[10, 11], :] = 1.0
+    assert np.array_equal(solve.rest_blinks(calm)[0], calm)
+    held, rest = solve.rest_blinks(np.full((n, 2), 0.6))
+    assert np.all(rest == solve.BLINK_REST_MAX) and held.min() > 0.4
+    assert solve.rest_blinks(np.zeros((0, 2)))[0].shape == (0, 2)
