@@ -427,16 +427,21 @@ class MediaPipeBackend:
 
         # Recoveries run in one worker thread, overlapping the forward pass (they are
         # independent of it: another tracker over frames already seen); their frames are
-        # kept at the end. At most one waits beside the one running (memory stays bounded).
-        # The frames held (pending + the running job's) stay within recover_bytes.
+        # kept at the end. Jobs queue behind each other in that thread, so the forward pass
+        # never waits for one, unless the frames held (pending + every unfinished job's)
+        # would pass recover_bytes: then it waits for the oldest jobs to release theirs.
         rec_pool = None
-        rec_jobs: list = []
-        rec_bytes = [0]                           # bytes of frames the last job holds
+        rec_jobs: list = []                       # (future, bytes of frames it holds)
 
-        def wait_recovery():
-            if rec_jobs and not rec_jobs[-1].done():
-                rec_jobs[-1].exception()          # waits; errors surface in result() below
-            rec_bytes[0] = 0
+        def held_bytes() -> int:
+            return sum(b for job, b in rec_jobs if not job.done())
+
+        def make_room(need: int):
+            for job, _ in rec_jobs:
+                if held_bytes() + need <= self.recover_bytes:
+                    break
+                if not job.done():
+                    job.exception()               # waits; errors surface in result() below
 
         def start_recovery(seed, frames_in_order, center, size):
             nonlocal rec_pool
@@ -444,9 +449,10 @@ class MediaPipeBackend:
                 from concurrent.futures import ThreadPoolExecutor
 
                 rec_pool = ThreadPoolExecutor(1, thread_name_prefix="emoca-recover")
-            wait_recovery()                       # one at a time
-            rec_bytes[0] = sum(f.nbytes for _, f in frames_in_order) + seed.nbytes
-            rec_jobs.append(rec_pool.submit(recover, seed, frames_in_order, center, size))
+            need = sum(f.nbytes for _, f in frames_in_order) + seed.nbytes
+            make_room(need)
+            rec_jobs.append((rec_pool.submit(recover, seed, frames_in_order, center, size),
+                             need))
 
         recovered = 0
         rejected = 0
@@ -504,9 +510,8 @@ class MediaPipeBackend:
                     if frame_hook is not None:
                         frame_hook(i - first, rgb, None)
                     if self.recover_gaps:
-                        if rec_bytes[0] and (len(pending) + 1) * rgb.nbytes + rec_bytes[0] > \
-                                self.recover_bytes:
-                            wait_recovery()             # its frames are released then
+                        if rec_jobs:                    # their frames are released then
+                            make_room((len(pending) + 1) * rgb.nbytes)
                         if len(pending) * rgb.nbytes >= self.recover_bytes:
                             pending.popleft()           # keep the frames nearest the return
                         pending.append((i - first, rgb))
@@ -537,7 +542,7 @@ class MediaPipeBackend:
             if pending and last_found is not None:   # the face was lost before the end
                 start_recovery(last_found[0], list(pending), last_found[1], last_found[2])
                 pending.clear()
-            for job in rec_jobs:
+            for job, _ in rec_jobs:
                 for rel, q in job.result():
                     keep(rel, q, None, None)
                     recovered += 1
