@@ -13,6 +13,10 @@ in the file names; demo: .cache/demo/clips), captured with the default settings:
   landmark error (target: rises <= 10%), and the Mahalanobis distance of each refined
   keyframe's ARKit vector under the prior, as a percentile of the prior's real frames
   (target: <= 99);
+* the appearance floor: the feature distance at the capture's neutral frames (the head
+  textured from the neutral frame, with the capture's near-zero expression there), the
+  largest drop a perfect expression would give the keyframes (down to that floor), and the
+  share of the gap above the floor the refinement closes (reported, not judged);
 * emotion fidelity on the middle third (at most FIDELITY_FRAMES frames, evenly spaced): the
   network's class on the video crop against its class on the rendering of (a) the capture
   and (b) the refined capture; the agreement (share of frames with the same class) must
@@ -113,6 +117,24 @@ def judge_clip(clip: Path, cap, prior, images: dict | None) -> tuple[list[dict],
                            " ".join(map(str, big)), ""))
     rows.append(common.row(B, name, "refinement time per keyframe", dt, "s"))
     E0 = np.asarray(cap["expression"], np.float32)
+    # the renderer's own floor: at the actor's neutral frames the head is textured from
+    # (about) that frame and carries no expression to speak of, so what distance is left
+    # there is appearance (shading, hair, the render's edges), not expression. A drop that
+    # takes the keyframes below it is the network being fitted, not the face.
+    cal = ((cap.meta.get("backend") or {}).get("calibration") or {}).get("neutral_frames", [])
+    floor = emotion_fidelity(cap, video.iter_frames(clip, 0, N), {"capture": E0},
+                             [int(i) for i in cal[:4]], s, head)["capture"]["feat_dist"]
+    if len(floor):
+        f0 = float(np.mean(floor))
+        gap = sm["feat_dist_before"] - f0
+        rows.append(common.row(B, name, "appearance floor: feature distance at the neutral "
+                               "frames (own texture, capture)", f0, ""))
+        rows.append(common.row(B, name, "largest drop a perfect expression would give "
+                               "(keyframes down to the floor)",
+                               100 * gap / sm["feat_dist_before"], "%"))
+        rows.append(common.row(B, name, "share of the gap above the floor closed",
+                               100 * (sm["feat_dist_before"] - sm["feat_dist_after"]) / gap
+                               if gap > 1e-6 else float("nan"), "%"))
     mid = int(keys[len(keys) // 2])
     fid = emotion_fidelity(cap, video.iter_frames(clip, 0, N),
                            {"capture": E0, "refined": res.expression}, evalf, s, head,
