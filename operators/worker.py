@@ -351,6 +351,25 @@ def complete_capture(path: str | os.PathLike) -> bool:
     return Path(path).name.endswith(CAPTURE_SUFFIX) and capture_file.is_complete(path)
 
 
+def complete_output(path: str | os.PathLike) -> bool:
+    """True when the file at ``path`` is whole: a capture whose sidecar vouches for it, or a
+    torch ``.pt`` (the Emotion MLP, a zip the core writes atomically) whose zip directory
+    reads and whose members' checksums match. A file half written in place fails both; any
+    other kind of file is not vouched for."""
+    p = Path(path)
+    if p.name.endswith(CAPTURE_SUFFIX):
+        return complete_capture(p)
+    if p.suffix == ".pt":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(p) as z:
+                return z.testzip() is None and any(n.endswith("/data.pkl") for n in z.namelist())
+        except (OSError, zipfile.BadZipFile, EOFError):
+            return False
+    return False
+
+
 # --------------------------------------------------------------------------------------
 # The job
 
@@ -691,22 +710,24 @@ class WorkerJob:
     def cleanup_partial_output(self) -> list[Path]:
         """Delete what this run left behind: temporary ``.part`` files next to the output,
         and the output and its sidecar when they are new or changed since the start and
-        are not a complete capture. An output that was complete before the run and
-        untouched stays; so does a capture the run published completely (its sidecar
-        vouches for the npz) before it failed or was cancelled: the core's writes are
-        atomic, so such a capture is whole, and deleting it would lose both the old capture
-        it replaced and the new one (``self.kept`` names it). Returns what went."""
+        are not complete. An output that was complete before the run and untouched stays;
+        so does one the run published completely before it failed or was cancelled (a
+        capture its sidecar vouches for, an Emotion MLP whose zip reads whole:
+        :func:`complete_output`): the core's writes are atomic, so such a file is whole,
+        and deleting it would lose both the old file it replaced and the new one
+        (``self.kept`` names it). Returns what went."""
         removed: list[Path] = []
         self.kept = None
         if self.output is None:
             return removed
         out = self.output
         candidates = [out, sidecar_for(out)]
-        if self._snapshot.changed(out) and complete_capture(out):
+        if self._snapshot.changed(out) and complete_output(out):
             self.kept = out
             self._log.append(f"# kept {out.name}: the run had published it completely")
+            what = "capture" if out.name.endswith(CAPTURE_SUFFIX) else "file"
             if self.error:
-                self.error += f" (the capture it had written, {out.name}, is complete and was kept)"
+                self.error += f" (the {what} it had written, {out.name}, is complete and was kept)"
             candidates = []
         for p in candidates:
             if self._snapshot.changed(p):

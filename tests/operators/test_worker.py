@@ -532,3 +532,45 @@ def test_failed_run_keeps_a_capture_it_published_completely(tmp_path, had_old):
     assert cf.load_capture(out).n_frames == 12          # the new capture, whole
     assert "kept clip.capture.npz" in job.log_text()
     assert job.error.endswith("clip.capture.npz, is complete and was kept)")
+
+
+@pytest.mark.parametrize("had_old", [False, True], ids=["new", "replacing-a-good-one"])
+def test_failed_run_keeps_an_emotion_mlp_it_saved_completely(tmp_path, had_old):
+    """The same for the Emotion MLP a training run saves (atomically, a torch zip) before a
+    later step fails: kept whole. A .pt half written in place is still removed."""
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from emoca_blender.emotion.mlp import EmotionMLP, build_mlp
+
+    def mlp(d: int) -> EmotionMLP:
+        return EmotionMLP(build_mlp(d, 7, 16), np.zeros(d), np.ones(d), tuple("abcdefg"))
+
+    out = tmp_path / "emotion.pt"
+    staged = tmp_path / "staged.pt"
+    mlp(8).save(staged)
+    if had_old:
+        mlp(4).save(out)
+    cmd = fake(tmp_path, f"""
+        import shutil
+        shutil.copyfile({str(staged)!r}, {str(out)!r} + ".tmp")
+        os.replace({str(out)!r} + ".tmp", {str(out)!r})
+        print("error: the report step failed", file=sys.stderr, flush=True)
+        sys.exit(2)
+    """)
+    job = WorkerJob(cmd, output=out, cwd=tmp_path).start()
+    assert run_to_end(job) == worker.FAILED
+    assert job.kept == out and out.read_bytes() == staged.read_bytes()
+    assert EmotionMLP.load(out).mean.shape == (8,)
+    assert job.error.endswith("emotion.pt, is complete and was kept)")
+    # half written in place (the zip's end cut off): not vouched for, removed
+    data = staged.read_bytes()
+    cmd = fake(tmp_path, f"""
+        with open({str(out)!r}, "wb") as f:
+            f.write(open({str(staged)!r}, "rb").read()[:{len(data) // 2}])
+        sys.exit(2)
+    """, name="half.py")
+    job = WorkerJob(cmd, output=out, cwd=tmp_path).start()
+    assert run_to_end(job) == worker.FAILED
+    assert job.kept is None and not out.exists()
+    assert not worker.complete_output(staged.with_suffix(".txt"))
