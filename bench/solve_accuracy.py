@@ -34,7 +34,7 @@ def make_sequence(seed: int = 0, frames: int = FRAMES):
     """Returns (image landmarks (N,478,3) px, true weights (N,52), true R (N,3,3))."""
     from emoca_blender.capture import landmark_solve as ls
     from emoca_blender.arkit import INDEX
-    from emoca_blender.models.head_model import rodrigues
+    from emoca_blender.rotations import rotvec_to_matrix as rodrigues
 
     b = ls.ict_head_basis()
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
-"""Rotation math shared by the core and the Blender side (numpy only, bpy-free): weighted
-similarity (Procrustes) alignment of point sets, and axis-angle <-> unit quaternion
+"""Rotation math shared by the core and the Blender side (numpy, bpy-free): weighted
+similarity (Procrustes) alignment of point sets, axis-angle <-> rotation matrix (Rodrigues;
+the way back through scipy, imported when called), axis-angle <-> unit quaternion
 (w, x, y, z), the Hamilton product and sign continuity of quaternion sequences.
 
 A leaf: it imports nothing from the project, so every subsystem (the solves, the head
@@ -45,6 +46,32 @@ def similarity_align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | Non
     return s, R, t
 
 
+def rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
+    """(..., 3) axis-angle -> (..., 3, 3) rotation matrices (Rodrigues; the identity at 0)."""
+    r = np.asarray(r, dtype=np.float64)
+    theta = np.linalg.norm(r, axis=-1, keepdims=True)
+    k = r / np.where(theta > 0, theta, 1.0)
+    zero = np.zeros_like(k[..., 0])
+    K = np.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0],
+                  -k[..., 1], k[..., 0], zero], -1).reshape(r.shape[:-1] + (3, 3))
+    s = np.sin(theta)[..., None]
+    c = np.cos(theta)[..., None]
+    return np.eye(3) + s * K + (1 - c) * (K @ K)
+
+
+def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) matrices, orthonormalised first (nearest rotation) -> (..., 3) axis-angle
+    with the angle in [0, pi]."""
+    from scipy.spatial.transform import Rotation
+
+    R = np.asarray(R, np.float64)
+    U, _, Vt = np.linalg.svd(R)
+    d = np.sign(np.linalg.det(U @ Vt))
+    U[..., :, 2] *= d[..., None]
+    flat = (U @ Vt).reshape(-1, 3, 3)
+    return Rotation.from_matrix(flat).as_rotvec().reshape(R.shape[:-2] + (3,))
+
+
 def rotvec_to_quat(r: np.ndarray) -> np.ndarray:
     """(..., 3) axis-angle -> (..., 4) unit quaternions (w, x, y, z), w >= 0 for |r| <= pi."""
     r = np.asarray(r, dtype=np.float64)
@@ -86,4 +113,4 @@ def quat_continuous(q: np.ndarray) -> np.ndarray:
     return q
 
 
-__all__ = ["similarity_align", "rotvec_to_quat", "quat_to_rotvec", "quat_mul", "quat_continuous"]
+__all__ = ["similarity_align", "rotvec_to_matrix", "matrix_to_rotvec", "rotvec_to_quat", "quat_to_rotvec", "quat_mul", "quat_continuous"]

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from ..arkit import INDEX
+from ..rotations import matrix_to_rotvec
 
 # Jaw rotation (radians, about +X = opening) at jawOpen = 1, and sideways at jawLeft/Right = 1.
 # jawOpen = 1 is the bundled ICT head's sculpted jawOpen: its lower teeth turn 25.3 degrees
@@ -106,16 +107,6 @@ def single_threaded_blas():
                 for setter, n in _BLAS_SAVED:
                     setter(max(1, n))
                 _BLAS_SAVED.clear()
-
-
-def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
-    """(N,3,3) rotation matrices (orthonormalised first) -> (N,3) axis-angle."""
-    from scipy.spatial.transform import Rotation
-
-    U, _, Vt = np.linalg.svd(np.asarray(R, np.float64))
-    d = np.sign(np.linalg.det(U @ Vt))
-    U[..., :, 2] *= d[..., None]
-    return Rotation.from_matrix(U @ Vt).as_rotvec()
 
 
 def jaw_from_arkit(arkit: np.ndarray) -> np.ndarray:

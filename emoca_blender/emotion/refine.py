@@ -452,7 +452,7 @@ class FrameProblem:
         import torch
 
         from . import network as emotion
-        from ..models.head_model import rodrigues
+        from ..rotations import rotvec_to_matrix
 
         if not isinstance(head, RefineHead):
             head = refine_head(head)
@@ -467,7 +467,7 @@ class FrameProblem:
         self.crop = torch.from_numpy(crop)
         with torch.no_grad():
             _, self.f_in = net(self.to_net(self.crop))
-        self.R = torch.from_numpy(rodrigues(np.asarray(rotation, np.float64)).astype(np.float32))
+        self.R = torch.from_numpy(rotvec_to_matrix(np.asarray(rotation, np.float64)).astype(np.float32))
         self.T = torch.from_numpy(head.vertices)
         self.B = torch.from_numpy(head.basis.reshape(len(head.basis), -1))      # (K,V*3)
         self.faces = torch.from_numpy(head.faces)

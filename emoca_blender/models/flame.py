@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..rotations import rotvec_to_matrix
 from .head_model import HeadModel, HeadModelError
 
 JOINT_NAMES = ("root", "neck", "jaw", "left_eye", "right_eye")
@@ -424,20 +425,6 @@ def blend_shapes_np(coeffs: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     return np.einsum("bl,mkl->bmk", coeffs, dirs)
 
 
-def rodrigues_np(rot_vecs: np.ndarray) -> np.ndarray:
-    """(N,3) axis-angle -> (N,3,3) rotation matrices (exact at zero)."""
-    r = np.asarray(rot_vecs, np.float64)
-    th = np.linalg.norm(r, axis=-1, keepdims=True)
-    small = th < 1e-8
-    k = r / np.where(small, 1.0, th)
-    zero = np.zeros_like(k[..., 0])
-    K = np.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0],
-                  -k[..., 1], k[..., 0], zero], -1).reshape(r.shape[:-1] + (3, 3))
-    s = np.where(small, 0.0, np.sin(th))[..., None]
-    c = np.where(small, 1.0, np.cos(th))[..., None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
 def rigid_transform_np(rot_mats: np.ndarray, joints: np.ndarray, parents: np.ndarray):
     """Forward kinematics.
 
@@ -485,7 +472,7 @@ def lbs_np(coeffs, pose, v_template, dirs, posedirs, J_regressor, parents, lbs_w
     B = pose.shape[0]
     v_shaped = v_template[None] + blend_shapes_np(coeffs, dirs)
     J = np.stack([np.asarray(J_regressor @ v_shaped[b]) for b in range(B)])
-    R = rodrigues_np(pose.reshape(-1, 3)).reshape(B, -1, 3, 3)
+    R = rotvec_to_matrix(pose.reshape(-1, 3)).reshape(B, -1, 3, 3)
     feat = (R[:, 1:] - np.eye(3)).reshape(B, -1)
     v_posed = v_shaped + (feat @ posedirs).reshape(B, -1, 3)
     posed_j, A = rigid_transform_np(R, J, np.asarray(parents))

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from ..rotations import rotvec_to_matrix
+
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "bundled_models"
 OPEN_HEAD = "open_head.npz"
 ICT_HEAD = "ict_head.npz"
@@ -308,26 +310,6 @@ def bundled(name: str) -> Path:
     return p
 
 
-def rodrigues(rotvec: np.ndarray) -> np.ndarray:
-    """Axis-angle to rotation matrices.
-
-    Args:
-        rotvec: (..., 3) axis-angle.
-    Returns:
-        (..., 3, 3) rotation matrices.
-    """
-    r = np.asarray(rotvec, dtype=np.float64)
-    theta = np.linalg.norm(r, axis=-1, keepdims=True)
-    k = r / np.maximum(theta, 1e-12)
-    kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
-    zero = np.zeros_like(kx)
-    K = np.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(r.shape[:-1] + (3, 3))
-    s = np.sin(theta)[..., None]
-    c = np.cos(theta)[..., None]
-    eye = np.broadcast_to(np.eye(3), K.shape)
-    return eye + s * K + (1 - c) * (K @ K)
-
-
 def pose_vertices(m: HeadModel, vertices: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """Linear blend skinning of already-shaped vertices (no pose correctives).
 
@@ -343,7 +325,7 @@ def pose_vertices(m: HeadModel, vertices: np.ndarray, pose: np.ndarray) -> np.nd
     if not batched:
         v, pose = v[None], pose[None]
     N, J = pose.shape[0], len(m.joint_names)
-    R = rodrigues(pose)                                    # (N,J,3,3)
+    R = rotvec_to_matrix(pose)                             # (N,J,3,3)
     G = np.zeros((N, J, 4, 4))
     for j in range(J):
         local = np.eye(4)[None].repeat(N, 0)

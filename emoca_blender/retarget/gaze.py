@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..rotations import rotvec_to_matrix
+
 #: eyeLook channels: (eye index 0 = left, 1 = right, angle, sign)
 EYE_LOOK = {
     "eyeLookUpLeft": (0, "up", 1.0), "eyeLookDownLeft": (0, "up", -1.0),
@@ -26,15 +28,9 @@ EYE_LOOK = {
 }
 
 
-def _rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-    r = np.asarray(r, np.float64)
-    return Rotation.from_rotvec(r.reshape(-1, 3)).as_matrix().reshape(r.shape[:-1] + (3, 3))
-
-
 def gaze_angles(eyes: np.ndarray) -> np.ndarray:
     """(..., 3) axis-angle eye rotations -> (..., 2) [yaw, up] of the gaze, radians."""
-    d = _rotvec_to_matrix(eyes)[..., :, 2]
+    d = rotvec_to_matrix(eyes)[..., :, 2]
     return np.stack([np.arctan2(d[..., 0], d[..., 2]),
                      np.arcsin(np.clip(d[..., 1], -1.0, 1.0))], -1)
 
@@ -50,7 +46,7 @@ def angles_to_rotvec(angles: np.ndarray) -> np.ndarray:
 
 def gaze_direction(eyes: np.ndarray) -> np.ndarray:
     """(..., 3) axis-angle -> (..., 3) unit gaze direction (model axes)."""
-    return _rotvec_to_matrix(eyes)[..., :, 2]
+    return rotvec_to_matrix(eyes)[..., :, 2]
 
 
 def _runs(mask: np.ndarray):
@@ -83,7 +79,7 @@ def consistent_gaze(eyes: np.ndarray, head_rotation: np.ndarray | None = None,
     a = gaze_angles(eyes)                                   # (N, 2 eyes, [yaw, up])
     w_left = np.full(N, 0.5)
     if head_rotation is not None:
-        face = _rotvec_to_matrix(np.asarray(head_rotation, np.float64))[:, :, 2]
+        face = rotvec_to_matrix(np.asarray(head_rotation, np.float64))[:, :, 2]
         # face turned towards camera +x: the left eye (head +X) moves away from the camera
         w_left = 0.5 * (1.0 - np.clip(face[:, 0] / np.sin(np.radians(turn_deg)), -1, 1))
     w = np.stack([w_left, 1 - w_left], -1)
@@ -112,13 +108,13 @@ def _turn_to(eyes: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(..., 3) axis-angle rotations, each turned by the shortest rotation that takes its
     gaze onto the (..., 3) ``target`` direction (the eye's torsion kept)."""
     from scipy.spatial.transform import Rotation
-    R = _rotvec_to_matrix(eyes)
+    R = rotvec_to_matrix(eyes)
     d = R[..., :, 2]
     axis = np.cross(d, target)
     s = np.linalg.norm(axis, axis=-1, keepdims=True)
     c = np.sum(d * target, -1, keepdims=True)
     turn = axis / np.maximum(s, 1e-15) * np.arctan2(s, c)
-    Rt = _rotvec_to_matrix(turn)
+    Rt = rotvec_to_matrix(turn)
     out = Rotation.from_matrix((Rt @ R).reshape(-1, 3, 3)).as_rotvec()
     return out.reshape(np.shape(eyes))
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..arkit import ARKIT_NAMES, INDEX, pascal
 from ..errors import BadInput
+from ..rotations import matrix_to_rotvec, rotvec_to_matrix
 
 #: the 52 blend shapes in Live Link Face's column order (camelCase ARKit names): Apple's
 #: order, the same as :data:`arkit.ARKIT_NAMES` (JawForward, JawRight, JawLeft, JawOpen,
@@ -67,28 +68,10 @@ def _rot(axis: int, a: np.ndarray) -> np.ndarray:
     return R
 
 
-def _rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
-    r = np.asarray(r, np.float64)
-    th = np.linalg.norm(r, axis=-1)[..., None, None]
-    k = r / np.maximum(np.linalg.norm(r, axis=-1, keepdims=True), 1e-300)
-    Kx = np.zeros(r.shape[:-1] + (3, 3))
-    Kx[..., 0, 1], Kx[..., 0, 2] = -k[..., 2], k[..., 1]
-    Kx[..., 1, 0], Kx[..., 1, 2] = k[..., 2], -k[..., 0]
-    Kx[..., 2, 0], Kx[..., 2, 1] = -k[..., 1], k[..., 0]
-    eye = np.broadcast_to(np.eye(3), Kx.shape)
-    return eye + np.sin(th) * Kx + (1 - np.cos(th)) * (Kx @ Kx)
-
-
-def _matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(R.reshape(-1, 3, 3)).as_rotvec().reshape(R.shape[:-2] + (3,))
-
-
 def rotvec_to_ypr(r: np.ndarray) -> np.ndarray:
     """(N, 3) axis-angle (model axes) -> (N, 3) yaw, pitch, roll with
     ``R = Ry(yaw) Rx(pitch) Rz(roll)``."""
-    R = _rotvec_to_matrix(r)
+    R = rotvec_to_matrix(r)
     pitch = np.arcsin(np.clip(-R[..., 1, 2], -1.0, 1.0))
     yaw = np.arctan2(R[..., 0, 2], R[..., 2, 2])
     roll = np.arctan2(R[..., 1, 0], R[..., 1, 1])
@@ -99,7 +82,7 @@ def ypr_to_rotvec(ypr: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rotvec_to_ypr`."""
     ypr = np.asarray(ypr, np.float64)
     R = _rot(1, ypr[..., 0]) @ _rot(0, ypr[..., 1]) @ _rot(2, ypr[..., 2])
-    return _matrix_to_rotvec(R)
+    return matrix_to_rotvec(R)
 
 
 # ----------------------------------------------------------------------------- timecode

@@ -471,7 +471,7 @@ def pose_corrective_features(pose: np.ndarray) -> np.ndarray:
         (N, 9 * (J - 1)), in the order of ``posedirs`` rows (joint-major, row-major 3x3).
     """
     pose = np.asarray(pose, np.float64)
-    R = head_model.rodrigues(pose[:, 1:])
+    R = rotations.rotvec_to_matrix(pose[:, 1:])
     return (R - np.eye(3)).reshape(pose.shape[0], -1)
 
 
@@ -641,7 +641,7 @@ def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
         if jname not in arm_obj.pose.bones:
             continue
         r = np.asarray(rots.get(jname, np.zeros((N, 3))), np.float64)
-        R = head_model.rodrigues(r)                                   # (N,3,3)
+        R = rotations.rotvec_to_matrix(r)                                   # (N,3,3)
         d = dJ[:, j] - np.einsum("nab,nb->na", R, dJ[:, j])           # (I - R) dJ
         B = bone_rest_rotation(arm_obj, jname)
         loc = d @ (B.T @ C).T

@@ -77,7 +77,7 @@ def test_fbx_jaw_curve_matches_capture(empty_scene, tmp_path):
     # makes a quaternion of it
     from mathutils import Matrix
 
-    from emoca_blender.models.head_model import rodrigues
+    from emoca_blender.rotations import rotvec_to_matrix as rodrigues
 
     B = np.array(arm.data.bones["jaw"].matrix_local.to_3x3(), np.float64)
     C = rig_build.C

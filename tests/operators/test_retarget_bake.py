@@ -17,7 +17,7 @@ bpy = pytest.importorskip("bpy")
 from mathutils import Matrix  # noqa: E402
 
 from emoca_blender.arkit import ARKIT_NAMES, pascal  # noqa: E402
-from emoca_blender.models.head_model import rodrigues  # noqa: E402
+from emoca_blender.rotations import rotvec_to_matrix as rodrigues  # noqa: E402
 from operators.scene import blender_anim, retarget_bake, rig_build
 from emoca_blender import rotations  # noqa: E402
 from operators.scene.retarget_bake import arkit_name_mapping, guess_bones, unmapped_keys  # noqa: E402

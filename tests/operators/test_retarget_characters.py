@@ -17,8 +17,9 @@ for p in (ROOT, HERE):
 
 bpy = pytest.importorskip("bpy")
 from emoca_blender.arkit import ARKIT_NAMES, pascal  # noqa: E402
-from emoca_blender.models.head_model import (OPEN_HEAD, HeadModel, bundled, load_head_model,
-                                             rodrigues)  # noqa: E402
+from emoca_blender.models.head_model import (OPEN_HEAD, HeadModel, bundled,  # noqa: E402
+                                             load_head_model)
+from emoca_blender.rotations import rotvec_to_matrix as rodrigues  # noqa: E402
 from operators.scene import retarget_bake, rig_build  # noqa: E402
 from test_blender_rig import empty_scene, evaluated_vertices, synthetic_capture  # noqa: E402,F401
 from test_retarget_bake import make_armature  # noqa: E402
