@@ -155,6 +155,10 @@ PART_COLOURS = {"skin": (0.62, 0.42, 0.33), "teeth": (0.85, 0.82, 0.74),
                 "eye_socket": (0.45, 0.25, 0.22), "eyeball": (0.85, 0.84, 0.80),
                 "iris": (0.10, 0.06, 0.04), "eyelashes": (0.04, 0.03, 0.02)}
 IRIS_DEG = 28.0    # eyeball faces within this angle of the eye's axis are iris
+#: opacity of a part's material: ICT's lashes are solid cards (the lower ones a strip under
+#: the lid), which drawn opaque read as a black band under each eye; at 0.3 they shade the
+#: lid line as lashes do (Solid viewport, Workbench; EEVEE blends them)
+PART_ALPHA = {"eyelashes": 0.3}
 
 
 def _part_materials(obj, model, vb: np.ndarray) -> None:
@@ -184,7 +188,10 @@ def _part_materials(obj, model, vb: np.ndarray) -> None:
         for k in np.unique(keys):
             if k not in slot_of:
                 mat = bpy.data.materials.get(f"EMOCA_{k}") or bpy.data.materials.new(f"EMOCA_{k}")
-                mat.diffuse_color = (*PART_COLOURS[k], 1.0)
+                alpha = PART_ALPHA.get(k, 1.0)
+                mat.diffuse_color = (*PART_COLOURS[k], alpha)
+                if alpha < 1.0 and hasattr(mat, "surface_render_method"):
+                    mat.surface_render_method = 'BLENDED'      # EEVEE (Blender 4.2+)
                 obj.data.materials.append(mat)
                 slot_of[k] = len(obj.data.materials) - 1
             out[keys == k] = slot_of[k]
