@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from ..arkit import INDEX
-from ..rotations import matrix_to_rotvec
+from ..rotations import matrix_to_rotvec, rotvec_to_matrix
 
 # Jaw rotation (radians, about +X = opening) at jawOpen = 1, and sideways at jawLeft/Right = 1.
 # jawOpen = 1 is the bundled ICT head's sculpted jawOpen: its lower teeth turn 25.3 degrees
@@ -243,8 +243,10 @@ BLINK_REST_PERCENTILE = 20.0
 BLINK_REST_MAX = 0.3
 
 
-def rest_blinks(blink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,2) eyeBlink -> (re-zeroed (N,2), the rest value per eye (2,)).
+def rest_blinks(blink: np.ndarray, rest: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(N,2) eyeBlink -> (re-zeroed (N,2), the rest value per eye (2,)); ``rest`` given (a
+    calibration take's), it is used as it is instead of being found in this clip.
 
     The lids are solved against the actor's neutral frames; when those caught the eyes wider
     than they are through the clip (a look up, raised brows), every open frame read as a
@@ -255,10 +257,12 @@ def rest_blinks(blink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and a calibration take brings the rest it found in its own clip (a constant, so a lid
     this clip holds low stays low)."""
     b = np.asarray(blink, np.float64)
-    if b.shape[0] == 0:
-        return b, np.zeros(b.shape[1:])
-    rest = np.minimum(np.percentile(b, BLINK_REST_PERCENTILE, axis=0), BLINK_REST_MAX)
-    rest = np.maximum(rest, 0.0)
+    if rest is None:
+        if b.shape[0] == 0:
+            return b, np.zeros(b.shape[1:])
+        rest = np.minimum(np.percentile(b, BLINK_REST_PERCENTILE, axis=0), BLINK_REST_MAX)
+        rest = np.maximum(rest, 0.0)
+    rest = np.asarray(rest, np.float64)
     return np.clip((b - rest) / (1.0 - rest), 0.0, 1.0), rest
 
 
@@ -469,20 +473,18 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     blinks = [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]
     a[:, blinks] = np.maximum(a[:, blinks], lid_closure(lid_openness(res.pose_free, neutral)))
     if neutral_take is not None:          # the take's own open-eye rest, a constant
-        blink_rest = np.asarray(neutral_take[3] if len(neutral_take) > 3 else np.zeros(2),
-                                np.float64)
-        a[:, blinks] = np.clip((a[:, blinks] - blink_rest) / (1.0 - blink_rest), 0.0, 1.0)
+        take_rest = neutral_take[3] if len(neutral_take) > 3 else np.zeros(2)
+        a[:, blinks], blink_rest = rest_blinks(a[:, blinks], take_rest)
     elif nf < 0:
         a[:, blinks], blink_rest = rest_blinks(a[:, blinks])
     else:                                 # a neutral frame the user marked: its word
         blink_rest = np.zeros(2)
 
-    from scipy.spatial.transform import Rotation
     rot = np.zeros((F.size, 3))
     rot[S] = matrix_to_rotvec(np.asarray(matrices, np.float64)[FS, :3, :3])
     if (~S).any():
         rot[~S] = matrix_to_rotvec(res.rotation[~S])
-    R_all = Rotation.from_rotvec(rot).as_matrix()
+    R_all = rotvec_to_matrix(rot)
     ang = ls.rotation_angle_deg(R_all[S], res.rotation[S])
 
     # gaze: the irises where the lids are open; as they close, the iris gaze carried through

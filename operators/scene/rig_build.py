@@ -648,7 +648,7 @@ def key_joint_offsets(arm_obj, model, capture, frame_start: int = 1,
         if jname not in arm_obj.pose.bones:
             continue
         r = np.asarray(rots.get(jname, np.zeros((N, 3))), np.float64)
-        R = rotations.rotvec_to_matrix(r)                                   # (N,3,3)
+        R = rotations.rotvec_to_matrix(r)                             # (N,3,3)
         d = dJ[:, j] - np.einsum("nab,nb->na", R, dJ[:, j])           # (I - R) dJ
         B = bone_rest_rotation(arm_obj, jname)
         loc = d @ (B.T @ C).T
