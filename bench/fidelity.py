@@ -169,13 +169,13 @@ class MouthAperture:
         front = ((X[..., 1] - X[..., 0]) * (Y[..., 2] - Y[..., 0])
                  - (X[..., 2] - X[..., 0]) * (Y[..., 1] - Y[..., 0])) > 0
         Xn, Yn = np.roll(X, -1, axis=-1), np.roll(Y, -1, axis=-1)
+        dx, dy = Xn - X, Yn - Y                                       # the triangles' edges
         gaps = []
         for x0 in self.COLUMNS_M:
-            dx = Xn - X
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = (x0 - X) / dx
             ok = (dx != 0) & (t >= 0) & (t <= 1)                    # edges crossing x0
-            y = Y + np.where(ok, t, 0.0) * (Yn - Y)
+            y = Y + np.where(ok, t, 0.0) * dy
             lo = np.where(ok, y, np.inf).min(-1)
             hi = np.where(ok, y, -np.inf).max(-1)
             seen = front & (ok.sum(-1) >= 2)
