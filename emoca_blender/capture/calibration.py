@@ -7,6 +7,8 @@ channel so that the neutral reads 0 and full activation still reads 1::
 
     calibrated = clip((score - offset) * gain, 0, 1),   gain = 1 / (1 - offset)
 
+(a left/right pair's gain is that of its shared offset, see :func:`one_sided_rest`).
+
 The offset is capped per channel (:data:`MAX_OFFSET`): a clip that holds one expression
 throughout (surprised brows, a held smile) has no neutral to estimate, and an uncapped
 offset would remove the very expression we want. The cap is 0.1 on the expression channels:
@@ -14,9 +16,11 @@ one clip cannot tell an actor's resting bias from an expression held all clip lo
 held expression lost is worse than a small resting bias kept; where the actor's resting face
 matters, calibrate to a neutral take of the same actor (``capture --neutral-from``) or a
 frame (``--neutral-frame``). The lids' scores keep a 0.6 cap (their per-person bias is
-large), though the default capture takes the lids from the landmarks. Gaze channels (eyeLook*) are absolute directions and are not
-offset. The same neutral frames give the actor's neutral landmarks for the landmark-space
-solve.
+large), though the default capture takes the lids from the landmarks. Gaze channels
+(eyeLook*) are absolute directions and are not offset. The cap applies to what both sides of
+a left/right pair hold; what one side reads over the other at rest is removed whole
+(:func:`one_sided_rest`), with the pair sharing one gain. The same neutral frames give the
+actor's neutral landmarks for the landmark-space solve.
 """
 from __future__ import annotations
 
@@ -88,6 +92,43 @@ def neutral_window(n: int, frame: int, half: int = 1) -> np.ndarray:
     return np.arange(max(0, frame - half), min(n, frame + half + 1))
 
 
+#: (left, right) column pairs whose resting difference is the actor's, not expression
+PAIRS = np.array([(INDEX[n], INDEX[n[:-4] + "Right"]) for n in ARKIT_NAMES
+                  if n.endswith("Left") and not n.startswith("eyeLook")], np.int64)
+#: largest offset of one side (keeps the gain 1 / (1 - offset) bounded)
+MAX_ONE_SIDED = 0.8
+
+
+def one_sided_rest(rest: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, gains) with each left/right pair's resting difference removed whole.
+
+    The cap of :data:`MAX_OFFSET` is meant for what both sides hold (raised brows all clip
+    long). What one side reads over the other at rest is the actor's asymmetry, or the
+    scores' bias for a face seen at an angle, and is removed: the side that reads more at
+    rest gets the capped shared part plus its excess as offset, and both sides keep the
+    gain of the shared part, so equal motion on both sides reads equal. On real clips the
+    excess is up to 0.5 (browDownRight 0.52 against 0.02 on a head turned 35 degrees, which
+    otherwise frowned with one brow through the whole clip; browOuterUp 0.55 against 0.33
+    on a symmetric raise, which read 0.29 apart). A one-sided expression held through the
+    whole clip reads as asymmetry and is removed too; a neutral take or frame of the same
+    actor keeps it.
+
+    Args:
+        rest: (K,) the neutral frames' median scores.
+        offset: (K,) the capped offsets.
+    """
+    rest = np.clip(np.asarray(rest, np.float64), 0.0, 1.0)
+    out = np.array(offset, np.float64, copy=True)
+    L, R = PAIRS[:, 0], PAIRS[:, 1]
+    shared = np.minimum(rest[L], rest[R])
+    gain = 1.0 / (1.0 - out)
+    for side in (L, R):
+        base = np.minimum(shared, out[side])
+        out[side] = np.minimum(base + rest[side] - shared, MAX_ONE_SIDED)
+        gain[side] = 1.0 / (1.0 - base)
+    return out, gain
+
+
 def calibrate(scores: np.ndarray, neutral_frame: int = -1,
               frontal: np.ndarray | None = None) -> Calibration:
     """Calibration from raw (N,52) scores of the frames with a face.
@@ -110,9 +151,12 @@ def calibrate(scores: np.ndarray, neutral_frame: int = -1,
         frames = rest_frames(s, frontal=frontal)
         source = f"auto (calmest {len(frames)} frames)"
         cap = MAX_OFFSET
-    offset = np.median(s[frames], axis=0) if len(frames) else np.zeros(s.shape[1])
-    offset = np.clip(offset, 0.0, cap)
-    gain = 1.0 / (1.0 - offset)
+    rest = np.median(s[frames], axis=0) if len(frames) else np.zeros(s.shape[1])
+    offset = np.clip(rest, 0.0, cap)
+    if neutral_frame is not None and neutral_frame >= 0:
+        gain = 1.0 / (1.0 - offset)
+    else:
+        offset, gain = one_sided_rest(rest, offset)
     return Calibration(offset, gain, frames, source)
 
 

@@ -340,10 +340,12 @@ def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 1e-12, (a * b).sum(0) / np.maximum(den, 1e-12), np.nan)
 
 
-def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str, np.ndarray, np.ndarray]:
     """The neutral of a calibration take (a capture of the same actor at rest): (52,)
-    blendshape-score offsets, (478,3) pose-free neutral landmarks, its name, and the (2,)
-    eyeBlink rest it found (:func:`rest_blinks`; 0 for takes captured before it)."""
+    blendshape-score offsets, (478,3) pose-free neutral landmarks, its name, the (2,)
+    eyeBlink rest it found (:func:`rest_blinks`; 0 for takes captured before it) and the
+    (52,) gains of its calibration (``1 / (1 - offset)`` for takes captured before the
+    gains were stored)."""
     from pathlib import Path
 
     from ..capture_file import load_capture
@@ -356,10 +358,15 @@ def read_neutral_take(path) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
     lm = np.asarray(cap["neutral_landmarks"], np.float64)
     if lm.shape != (478, 3):
         raise BadInput(f"{Path(path).name}'s neutral has {lm.shape[0]} landmarks, not 478")
-    rest = np.asarray(cap.meta.get("backend", {}).get("blink_rest", [0.0, 0.0]), np.float64)
+    backend = cap.meta.get("backend", {})
+    rest = np.asarray(backend.get("blink_rest", [0.0, 0.0]), np.float64)
     if rest.shape != (2,) or not np.all((rest >= 0) & (rest <= BLINK_REST_MAX)):
         rest = np.zeros(2)
-    return np.asarray(cap["neutral_offset"], np.float64), lm, Path(path).name, rest
+    off = np.asarray(cap["neutral_offset"], np.float64)
+    gain = np.asarray(backend.get("neutral_gain", []), np.float64)
+    if gain.shape != (52,) or not np.all(np.isfinite(gain) & (gain >= 1.0) & (gain <= 20.0)):
+        gain = 1.0 / (1.0 - off)
+    return off, lm, Path(path).name, rest, gain
 
 
 def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
@@ -378,9 +385,10 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
             matrix (default: all found rows). Rows found without them (landmarks recovered
             by another tracker) take their ARKit weights from the landmark-space solve and
             their head rotation from its Procrustes pose; translation is interpolated.
-        neutral_take: (offsets (52,), neutral landmarks (478,3), name) of a calibration
-            take of the same actor (:func:`read_neutral_take`): used instead of estimating
-            the neutral from this clip, so expressions held all clip long are kept.
+        neutral_take: (offsets (52,), neutral landmarks (478,3), name[, blink rest (2,),
+            gains (52,)]) of a calibration take of the same actor
+            (:func:`read_neutral_take`): used instead of estimating the neutral from this
+            clip, so expressions held all clip long are kept.
     Returns:
         (arrays, info): Capture fields (rows without a face are zeros; the pipeline's gap
         filling overwrites them) and a JSON-able dict with the calibration and the
@@ -418,7 +426,9 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
     if neutral_take is not None:
         # a calibration take of the same actor: its offsets and its neutral landmarks
         off = np.asarray(neutral_take[0], np.float64)
-        cal = calibration.Calibration(off, 1.0 / (1.0 - off), np.zeros(0, np.int64),
+        gain = (np.asarray(neutral_take[4], np.float64) if len(neutral_take) > 4
+                else 1.0 / (1.0 - off))
+        cal = calibration.Calibration(off, gain, np.zeros(0, np.int64),
                                       f"take {neutral_take[2]}")
     else:
         # the automatic neutral prefers frames facing the camera (within NEUTRAL_TILT_DEG):
@@ -525,6 +535,7 @@ def from_mediapipe(lmk_px: np.ndarray, arkit: np.ndarray, matrices: np.ndarray,
         },
         "solved_channels": [ARKIT_NAMES[i] for i in SOLVED],
         "lid_scale": [round(float(x), 3) for x in lid_scale],
-        "blink_rest": [round(float(x), 3) for x in blink_rest],
+        "blink_rest": [round(float(x), 6) for x in blink_rest],
+        "neutral_gain": [round(float(x), 6) for x in cal.gain],
     }
     return out, info

@@ -88,18 +88,58 @@ def test_calibration_offsets_capped_and_user_frame():
     rng = np.random.default_rng(0)
     s = np.zeros((100, 52))
     s[:, INDEX["eyeSquintLeft"]] = 0.4 + 0.02 * rng.random(100)      # a squinty actor
-    s[:, INDEX["mouthSmileLeft"]] = 0.7                               # a held smile
+    s[:, [INDEX["mouthSmileLeft"], INDEX["mouthSmileRight"]]] = 0.7  # a held smile
     s[50:60, INDEX["jawOpen"]] = 0.8
     cal = calibration.calibrate(s)
     assert cal.offset[INDEX["eyeSquintLeft"]] == pytest.approx(0.4, abs=0.03)
     assert cal.offset[INDEX["mouthSmileLeft"]] == pytest.approx(calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]])
+    assert cal.offset[INDEX["mouthSmileRight"]] == pytest.approx(calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]])
     a = cal.apply(s)
     assert a[:, INDEX["eyeSquintLeft"]].max() < 0.05
     assert a[:, INDEX["mouthSmileLeft"]].min() > 0.5                  # not calibrated away
+    assert a[:, INDEX["mouthSmileRight"]].min() > 0.5
     assert a[55, INDEX["jawOpen"]] == pytest.approx(0.8)
     user = calibration.calibrate(s, neutral_frame=10)
     assert user.offset[INDEX["mouthSmileLeft"]] == pytest.approx(0.7)
     assert "user" in user.source
+
+
+def test_one_sided_resting_difference_is_removed_and_shared_part_capped():
+    """What both sides hold at rest is capped (a held raise survives); what one side reads
+    over the other is the actor's asymmetry (or the scores' bias for a turned face) and is
+    removed, so a symmetric raise comes out symmetric and a turned head's one-sided frown
+    is gone. A user-marked neutral frame is taken at its word, as before."""
+    rng = np.random.default_rng(1)
+    s = np.zeros((120, 52))
+    s[:, INDEX["browInnerUp"]] = 0.6 + 0.05 * rng.random(120)         # a raise held all clip
+    s[:, INDEX["browOuterUpLeft"]] = 0.55 + 0.05 * rng.random(120)    # read higher on one side
+    s[:, INDEX["browOuterUpRight"]] = 0.33 + 0.05 * rng.random(120)
+    s[:, INDEX["browDownRight"]] = 0.5                                # a one-sided bias ...
+    s[60:70, INDEX["browDownRight"]] = 0.9                            # ... and a frown on it
+    s[:, INDEX["eyeLookInLeft"]] = 0.3                                # gaze: never offset
+    cal = calibration.calibrate(s)
+    cap = calibration.MAX_OFFSET[INDEX["browInnerUp"]]
+    off = cal.offset
+    assert off[INDEX["browOuterUpRight"]] == pytest.approx(cap)
+    excess = np.median(s[cal.neutral_frames, INDEX["browOuterUpLeft"]]
+                       - s[cal.neutral_frames, INDEX["browOuterUpRight"]])
+    assert off[INDEX["browOuterUpLeft"]] == pytest.approx(cap + excess, abs=0.03)
+    assert off[INDEX["browDownRight"]] == pytest.approx(0.5)
+    assert off[INDEX["browDownLeft"]] == 0.0
+    assert off[INDEX["eyeLookInLeft"]] == 0.0
+    a = cal.apply(s)
+    outer = a[:, [INDEX["browOuterUpLeft"], INDEX["browOuterUpRight"]]].mean(0)
+    assert outer.min() > 0.2 and abs(outer[0] - outer[1]) < 0.06          # kept, symmetric
+    assert a[:, INDEX["browInnerUp"]].min() > 0.5                         # held raise kept
+    assert a[:60, INDEX["browDownRight"]].max() < 0.01                     # the bias is gone
+    # the frown is not: what it adds over the bias, at the pair's shared gain
+    assert a[65, INDEX["browDownRight"]] == pytest.approx(0.9 - 0.5)
+    for n in ("browOuterUp", "browDown"):
+        assert cal.gain[INDEX[n + "Left"]] == cal.gain[INDEX[n + "Right"]]
+    user = calibration.calibrate(s, neutral_frame=10)
+    assert user.offset[INDEX["browDownRight"]] == pytest.approx(0.5)
+    assert user.offset[INDEX["browOuterUpRight"]] == pytest.approx(
+        np.median(s[9:12, INDEX["browOuterUpRight"]]))
 
 
 def test_automatic_neutral_prefers_frames_facing_the_camera():
