@@ -94,6 +94,37 @@ def cache_file(cache_dir: Path, key: str) -> Path:
 
 
 _MODEL_HASHES: dict[tuple, str] = {}
+_CODE_VERSIONS: dict[tuple, str] = {}
+
+
+def code_version(pkg: Path | None = None, models: Path | None = None) -> str:
+    """A hash of what a capture is computed with besides the video and the settings: the
+    core package's sources and the bundled models. It is part of the cache key, so a capture
+    cached by another version of the add-on (before an update that changed the solve, say) is
+    recomputed instead of being served as this version's. Remembered per process while the
+    files' sizes and times hold. ``pkg`` and ``models`` (the package and bundled-model folders)
+    default to this installation's."""
+    import hashlib
+
+    from ..models.head_model import BUNDLED_DIR
+
+    pkg = Path(__file__).resolve().parents[1] if pkg is None else Path(pkg)
+    models = Path(BUNDLED_DIR) if models is None else Path(models)
+    files = sorted(pkg.rglob("*.py"))
+    if models.is_dir():
+        files += sorted(p for p in models.iterdir() if p.is_file())
+    stats = []
+    for f in files:
+        st = f.stat()
+        stats.append((str(f), st.st_size, st.st_mtime_ns))
+    h = _CODE_VERSIONS.get(tuple(stats))
+    if h is None:
+        d = hashlib.blake2b(digest_size=12)
+        for f in files:
+            d.update(os.path.relpath(f, pkg.parent).replace(os.sep, "/").encode() + b"\0")
+            d.update(f.read_bytes())
+        h = _CODE_VERSIONS[tuple(stats)] = d.hexdigest()
+    return h
 
 
 def _model_hash(path: str) -> str:
@@ -192,7 +223,8 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     t0 = time.perf_counter()
     vhash = capture_file.file_hash(info.path)
     t_hash = time.perf_counter() - t0
-    key = capture_file.settings_key(vhash, settings.backend, settings.key_dict())
+    key = capture_file.settings_key(vhash, settings.backend,
+                                    {**settings.key_dict(), "code": code_version()})
     if cache_dir is not None:
         cached = cache_file(Path(cache_dir), key)
         if capture_file.is_complete(cached):

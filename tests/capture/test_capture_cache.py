@@ -1,0 +1,43 @@
+"""The capture cache is keyed by what made the capture: the video's content, the backend,
+the settings and the add-on's own code and bundled models. A capture cached by another
+version of the add-on (before an update that changed the solve) must be recomputed, not
+served as this version's."""
+import shutil
+
+import numpy as np
+
+from conftest import ROOT
+from emoca_blender.capture import pipeline
+from emoca_blender.capture.pipeline import CaptureSettings, run_capture
+
+
+def test_code_version_follows_the_sources_and_models(tmp_path):
+    pkg, models = tmp_path / "emoca_blender", tmp_path / "bundled_models"
+    shutil.copytree(ROOT / "emoca_blender" / "capture", pkg / "capture",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    models.mkdir()
+    (models / "head.npz").write_bytes(b"model v1")
+    v1 = pipeline.code_version(pkg, models)
+    assert v1 == pipeline.code_version(pkg, models)
+    solve = pkg / "capture" / "solve.py"
+    text = solve.read_text()
+    solve.write_text(text.replace("LIDS_TOUCH, LIDS_NEAR = 0.12", "LIDS_TOUCH, LIDS_NEAR = 0.13"))
+    v2 = pipeline.code_version(pkg, models)
+    assert v2 != v1                                             # a changed solve
+    solve.write_text(text)
+    assert pipeline.code_version(pkg, models) == v1             # by content, not by time
+    (models / "head.npz").write_bytes(b"model v2")
+    assert pipeline.code_version(pkg, models) not in (v1, v2)   # a rebuilt model
+    assert pipeline.code_version() != v1                        # this installation's own
+
+
+def test_a_capture_cached_by_other_code_is_recomputed(tmp_path, demo_clip, monkeypatch):
+    s, cache = CaptureSettings(emotion=False), tmp_path / "cache"
+    a = run_capture(demo_clip, tmp_path / "a.capture.npz", s, cache_dir=cache)
+    b = run_capture(demo_clip, tmp_path / "b.capture.npz", s, cache_dir=cache)
+    assert not a.cached and b.cached
+    monkeypatch.setattr(pipeline, "code_version", lambda: "an update of the add-on")
+    c = run_capture(demo_clip, tmp_path / "c.capture.npz", s, cache_dir=cache)
+    assert not c.cached
+    np.testing.assert_array_equal(c.capture["arkit"], a.capture["arkit"])
+    assert c.capture.meta["cache_key"] != a.capture.meta["cache_key"]
