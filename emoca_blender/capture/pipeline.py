@@ -50,7 +50,25 @@ class CaptureSettings:
         d.pop("device")               # the device does not change the result's meaning
         if self.neutral_from:         # the take's content, wherever it lies
             d["neutral_from"] = capture_file.file_hash(self.neutral_from)
+        for k in ("emoca_checkpoint", "flame_dir"):
+            if d[k]:                  # a model replaced at the same path is another capture
+                d[k] = {"path": d[k], "files": _file_signature(d[k])}
         return d
+
+
+def _file_signature(path: str) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of a file, or of each file in a folder (not recursive): what a
+    user-pointed model is, cheaply (hashing a 500 MB checkpoint on every run would not be)."""
+    p = Path(path)
+    if p.is_file():
+        files = [p]
+    else:
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else []
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((f.name, st.st_size, st.st_mtime_ns))
+    return out
 
 
 @dataclass

@@ -41,3 +41,26 @@ def test_a_capture_cached_by_other_code_is_recomputed(tmp_path, demo_clip, monke
     assert not c.cached
     np.testing.assert_array_equal(c.capture["arkit"], a.capture["arkit"])
     assert c.capture.meta["cache_key"] != a.capture.meta["cache_key"]
+
+
+def test_a_model_replaced_at_the_same_path_is_another_key(tmp_path):
+    """The EMOCA checkpoint and the FLAME folder are the user's files: a new download saved
+    over the old one (same path) must not be served the old model's cached captures."""
+    import os
+
+    ckpt = tmp_path / "emoca.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    flame = tmp_path / "flame"
+    flame.mkdir()
+    (flame / "generic_model.pkl").write_bytes(b"flame 2020")
+    s = CaptureSettings(backend="emoca", emoca_checkpoint=str(ckpt), flame_dir=str(flame))
+    k1 = s.key_dict()
+    assert k1 == s.key_dict()
+    ckpt.write_bytes(b"weights v2, longer")
+    k2 = s.key_dict()
+    assert k2 != k1
+    st = (flame / "generic_model.pkl").stat()
+    (flame / "generic_model.pkl").write_bytes(b"flame 2023")      # same size, new time
+    os.utime(flame / "generic_model.pkl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert s.key_dict() != k2
+    assert CaptureSettings().key_dict()["emoca_checkpoint"] == ""  # none given: unchanged

@@ -92,8 +92,9 @@ def test_calibration_offsets_capped_and_user_frame():
     s[50:60, INDEX["jawOpen"]] = 0.8
     cal = calibration.calibrate(s)
     assert cal.offset[INDEX["eyeSquintLeft"]] == pytest.approx(0.4, abs=0.03)
-    assert cal.offset[INDEX["mouthSmileLeft"]] == pytest.approx(calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]])
-    assert cal.offset[INDEX["mouthSmileRight"]] == pytest.approx(calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]])
+    cap = calibration.MAX_OFFSET[INDEX["mouthSmileLeft"]]
+    assert cal.offset[INDEX["mouthSmileLeft"]] == pytest.approx(cap)
+    assert cal.offset[INDEX["mouthSmileRight"]] == pytest.approx(cap)
     a = cal.apply(s)
     assert a[:, INDEX["eyeSquintLeft"]].max() < 0.05
     assert a[:, INDEX["mouthSmileLeft"]].min() > 0.5                  # not calibrated away
