@@ -78,6 +78,30 @@ def _mp():
     return mp, BaseOptions, vision
 
 
+#: one NormalizedLandmark as serialised when x, y and z are set and nothing else: field tag,
+#: length 15, then x, y, z each as tag + little-endian float32
+_LMK_BYTES = 17
+_LMK_TAGS = ((0, 0x0A), (1, 15), (2, 0x0D), (7, 0x15), (12, 0x1D))
+
+
+def landmarks_from_proto(f) -> np.ndarray:
+    """(L,3) float32 x, y, z of a NormalizedLandmarkList protobuf.
+
+    Reads the serialised message with numpy (about 20 us for 478 points) instead of making
+    478 Python objects (about 200 us): every entry has the same 17-byte layout when x, y and
+    z are set and visibility and presence are not, which is checked. Any other layout (a
+    coordinate exactly 0, which proto3 leaves out; visibility set) takes the slow path, so
+    the values are always those of the objects."""
+    b = f.SerializeToString()
+    n = len(b) // _LMK_BYTES
+    if n and len(b) == n * _LMK_BYTES:
+        a = np.frombuffer(b, np.uint8).reshape(n, _LMK_BYTES)
+        if all((a[:, i] == v).all() for i, v in _LMK_TAGS):
+            return np.ascontiguousarray(a[:, [3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15, 16]]
+                                        ).view("<f4").astype(np.float32).reshape(n, 3)
+    return np.array([(p.x, p.y, p.z) for p in f.landmark], np.float32)
+
+
 def _video_detector(lm):
     """``detect(image, timestamp_ms) -> (faces, scores, labels, matrices)`` for a VIDEO-mode
     FaceLandmarker: faces as (478,3) float32 normalised landmarks, each face's blendshape
@@ -122,8 +146,7 @@ def _video_detector(lm):
         pk = out[lmk_out]
         if pk.is_empty():
             return [], [], None, []
-        faces = [np.array([(p.x, p.y, p.z) for p in f.landmark], np.float32)
-                 for f in get_list(pk)]
+        faces = [landmarks_from_proto(f) for f in get_list(pk)]
         scores, labels = [], None
         if bs_out in out:
             for b in get_list(out[bs_out]):
