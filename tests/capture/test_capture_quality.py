@@ -304,3 +304,25 @@ def test_neutral_from_a_take(mead, tmp_path):
         run_capture(clip, tmp_path / "c.capture.npz",
                     CaptureSettings(neutral_from=str(tmp_path / "none.capture.npz")),
                     cache_dir=None)
+
+
+def test_symmetric_raise_reads_symmetric(mead):
+    """W023 raises both brows all clip long. MediaPipe reads the left outer brow 0.55 and the
+    right 0.33 even on the calmest frames; the calibration removes that one-sided resting
+    excess, so the raise stays (capped offset) and comes out symmetric (it was 0.29 apart)."""
+    cap = mead["surprised"]
+    left, right = _mid(cap, "browOuterUpLeft"), _mid(cap, "browOuterUpRight")
+    assert abs(left - right) <= 0.15, (left, right)
+    assert min(left, right) >= 0.15 and _mid(cap, "browInnerUp") >= 0.3
+
+
+def test_turned_head_does_not_frown_with_one_brow(tmp_path):
+    """QoT0's head is turned 35-50 degrees; MediaPipe reads browDownRight 0.52 at rest and 0.64
+    through the clip against 0.02-0.03 on the left: a bias of the turned view, not a frown.
+    It was kept whole (0.61 all clip long); the one-sided resting excess is removed."""
+    clip = MEDIA / "lrs3" / "QoT0S2vu9m4_00002.mp4"
+    if not clip.is_file():
+        pytest.skip(f"{clip} absent")
+    cap = _capture(clip, tmp_path, emotion=False)
+    left, right = _mid(cap, "browDownLeft"), _mid(cap, "browDownRight")
+    assert right < 0.3 and abs(left - right) < 0.2, (left, right)
