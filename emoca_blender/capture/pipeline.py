@@ -111,6 +111,55 @@ def cache_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{key}{capture_file.SUFFIX}"
 
 
+#: the capture cache's size, GB (environment EMOCA_BLENDER_CACHE_GB): beyond it the least
+#: recently used entries are removed. Without a limit the cache only grew: every clip and
+#: setting adds an entry (a 10-minute 1080p capture is about 100 MB), and every update of
+#: the add-on leaves the older entries unreachable (the key includes the code's version).
+CACHE_LIMIT_GB = 4.0
+
+
+def cache_limit_bytes() -> int:
+    try:
+        gb = float(os.environ.get("EMOCA_BLENDER_CACHE_GB", CACHE_LIMIT_GB))
+    except ValueError:
+        gb = CACHE_LIMIT_GB
+    return int(max(gb, 0.0) * (1 << 30))
+
+
+def prune_cache(cache_dir: Path, limit: int, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used entries (by modification time, which a cache hit
+    renews) until the entries of ``cache_dir`` take at most ``limit`` bytes; ``keep`` (the
+    entry just written) stays whatever its size. An entry is a capture and its sidecar; the
+    sidecar goes first, so a reader meanwhile finds an incomplete entry (recomputed), never a
+    wrong one. Other files (a writer's temporary files) are left alone. Returns the captures
+    removed."""
+    entries = []
+    for npz in Path(cache_dir).glob(f"*{capture_file.SUFFIX}"):
+        side = capture_file.sidecar_path(npz)
+        try:
+            st = npz.stat()
+            size = st.st_size + (side.stat().st_size if side.exists() else 0)
+        except OSError:
+            continue
+        entries.append((st.st_mtime_ns, str(npz), npz, side, size))
+    total = sum(e[4] for e in entries)
+    removed = []
+    keep = Path(keep).resolve() if keep is not None else None
+    for _, _, npz, side, size in sorted(entries):
+        if total <= limit:
+            break
+        if keep is not None and npz.resolve() == keep:
+            continue
+        try:
+            side.unlink(missing_ok=True)
+            npz.unlink(missing_ok=True)
+        except OSError:
+            continue
+        total -= size
+        removed.append(npz)
+    return removed
+
+
 _MODEL_HASHES: dict[tuple, str] = {}
 _CODE_VERSIONS: dict[tuple, str] = {}
 
@@ -250,6 +299,10 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
                 cap = capture_file.load_capture(cached)
                 if settings.emotion and "emotion_probs" not in cap:
                     raise capture_file.CaptureError("cached without emotion")  # recompute
+                try:
+                    os.utime(cached)          # used now: the last entry the limit removes
+                except OSError:
+                    pass
                 # the same video (by content) may have been captured at another path: the
                 # output names the video this run was given (the reference video, the
                 # emotion tools and later runs open it), so it is written anew then
@@ -384,7 +437,9 @@ def _run_capture(video_path, output, settings, progress, cache_dir, cancel) -> C
     if cache_dir is not None:
         try:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            capture_file.copy_capture(out, cache_file(Path(cache_dir), key))
+            entry = cache_file(Path(cache_dir), key)
+            capture_file.copy_capture(out, entry)
+            prune_cache(Path(cache_dir), cache_limit_bytes(), keep=entry)
         except OSError as e:
             if progress is not None:
                 progress.message(f"warning: could not write the cache in {cache_dir} ({e})")

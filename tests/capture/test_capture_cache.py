@@ -64,3 +64,54 @@ def test_a_model_replaced_at_the_same_path_is_another_key(tmp_path):
     os.utime(flame / "generic_model.pkl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert s.key_dict() != k2
     assert CaptureSettings().key_dict()["emoca_checkpoint"] == ""  # none given: unchanged
+
+
+def _entry(folder, name, size, age_s):
+    """A cache entry (capture + sidecar) of ``size`` bytes, last used ``age_s`` seconds ago."""
+    import os
+    import time
+
+    npz, side = folder / f"{name}.capture.npz", folder / f"{name}.capture.json"
+    npz.write_bytes(b"\0" * size)
+    side.write_text("{}")
+    t = time.time() - age_s
+    os.utime(npz, (t, t))
+    return npz, side
+
+
+def test_prune_removes_least_recently_used_entries_first(tmp_path):
+    old, _ = _entry(tmp_path, "old", 1000, 300)
+    mid, _ = _entry(tmp_path, "mid", 1000, 200)
+    new, _ = _entry(tmp_path, "new", 1000, 100)
+    big, _ = _entry(tmp_path, "just_written", 5000, 400)     # oldest time, but kept
+    part = tmp_path / ".new.capture.npz.x1.part"              # a writer's temporary file
+    part.write_bytes(b"\0" * 9000)
+    removed = pipeline.prune_cache(tmp_path, 7200, keep=big)
+    assert removed == [old]
+    assert not old.exists() and not (tmp_path / "old.capture.json").exists()
+    assert mid.exists() and new.exists() and big.exists() and part.exists()
+    assert pipeline.prune_cache(tmp_path, 0, keep=big) == [mid, new]
+    assert big.exists() and (tmp_path / "just_written.capture.json").exists()
+    assert pipeline.prune_cache(tmp_path / "none", 0) == []
+
+
+def test_cache_stays_within_its_limit_and_a_hit_counts_as_use(tmp_path, demo_clip,
+                                                              long_demo_clip, monkeypatch):
+    import os
+
+    cache = tmp_path / "cache"
+    s = CaptureSettings(emotion=False)
+    a = run_capture(demo_clip, tmp_path / "a.capture.npz", s, cache_dir=cache)
+    size = sum(f.stat().st_size for f in cache.iterdir())
+    monkeypatch.setenv("EMOCA_BLENDER_CACHE_GB", str(1.5 * size / (1 << 30)))
+    entry = next(cache.glob("*.capture.npz"))
+    os.utime(entry, (1, 1))                                   # long unused
+    assert run_capture(demo_clip, tmp_path / "b.capture.npz", s, cache_dir=cache).cached
+    assert entry.stat().st_mtime > 1                          # the hit renewed it
+    # a second clip's entry does not fit beside the first: the least recently used goes
+    os.utime(entry, (1, 1))
+    b = run_capture(long_demo_clip, tmp_path / "c.capture.npz", s, cache_dir=cache)
+    assert not b.cached
+    names = {f.name for f in cache.glob("*.capture.npz")}
+    assert names == {f"{b.capture.meta['cache_key']}.capture.npz"}
+    assert a.capture.meta["cache_key"] + ".capture.npz" not in names
