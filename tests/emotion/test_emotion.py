@@ -317,3 +317,17 @@ def test_retrieval_bad_input():
         ix.add("b", np.zeros((3, 5)))
     with pytest.raises(emotion.BadInput, match="not in the index"):
         ix.query_frame("zzz", 0)
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32, 64])
+def test_depthwise_layouts_equal_a_direct_sum(channels):
+    """The depthwise 3x3 ('same', zero padded) takes a channels-first path for few channels
+    over large planes and a channels-last one otherwise; both equal the direct sum."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((3, 11, 9, channels)).astype(np.float32)
+    d = rng.standard_normal((3, 3, channels)).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = sum(xp[:, i:i + 11, j:j + 9] * d[i, j] for i in range(3) for j in range(3))
+    got = emotion.EmotionNet._depthwise(x, d)
+    assert got.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
